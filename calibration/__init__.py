@@ -1,0 +1,63 @@
+"""Post-training calibration: a float checkpoint becomes a working quantized model without training.
+
+For each bit-width: quantizer thresholds are set from data (MSE-optimal per
+tensor / per channel, layer by layer so each sees the already-quantized
+upstream), then that bit-width's BatchNorm statistics are re-estimated, and
+both steps run once more because new BN statistics move the activations.
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+from ..quant import FLOAT_BITS, SwitchableThreshold
+from ..switchable import SwitchableBatchNorm2d, set_bits
+
+__all__ = ["calibrate"]
+
+
+def _reset_thresholds(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, SwitchableThreshold):
+            m.reset()
+
+
+@torch.no_grad()
+def _reestimate_bn(model: nn.Module, batches) -> None:
+    bns = [m.bns[m.active] for m in model.modules() if isinstance(m, SwitchableBatchNorm2d)]
+    model.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over all calibration batches
+        bn.train()
+    for x in batches:
+        model(x)
+    for bn in bns:
+        bn.momentum = 0.1
+    model.eval()
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, loader, bits, num_batches: int = 8, rounds: int = 2) -> nn.Module:
+    """Calibrate ``model`` in place at every bit-width in ``bits`` from ``loader`` images in [0, 1].
+
+    ``loader`` yields ``(images, labels)`` or images; ``num_batches`` of them are used.
+    """
+    batches = []
+    for item in itertools.islice(loader, num_batches):
+        batches.append(item[0] if isinstance(item, (tuple, list)) else item)
+    if not batches:
+        raise ValueError("calibration needs at least one batch of images")
+    previous = model.active_bits
+    for b in bits:
+        set_bits(model, b)
+        for _ in range(rounds if b != FLOAT_BITS else 1):
+            if b != FLOAT_BITS:
+                _reset_thresholds(model)
+                model.eval()
+                model(torch.cat(batches[:2]))  # thresholds initialise on this forward
+            _reestimate_bn(model, batches)
+    set_bits(model, *previous)
+    return model

@@ -1,0 +1,28 @@
+"""qadtr: harden quantized image classifiers against adversarial patches, export them
+as integer ONNX models, and check robustness and latency on the device.
+
+Importing ``qadtr`` does not import torch: the training API loads on first use,
+so the device side (``qadtr.deploy``) runs where only onnxruntime is installed.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "set_bits": "qadtr.switchable",
+    "bits": "qadtr.switchable",
+    "get_bits": "qadtr.switchable",
+    "create_model": "qadtr.models",
+    "list_models": "qadtr.models",
+    "register_model": "qadtr.models",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'qadtr' has no attribute {name!r}")

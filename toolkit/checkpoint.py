@@ -1,0 +1,88 @@
+"""Checkpoints: one file, safe to load (``weights_only=True``), written atomically.
+
+Layout: ``{"format": "qadtr-checkpoint", "version": 1, "config": {...}, "model": state_dict,
+"trained_bits": [...], "epoch": int, "optimizer": ..., "scheduler": ..., "metrics": [...]}``.
+"""
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+from .io import atomic_path
+
+FORMAT = "qadtr-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path, payload: dict) -> None:
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path) -> dict:
+    """Load a qadtr checkpoint. Anything that is not one, or would run code, is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        raise CheckpointError(f"refusing to load {path}: it holds objects that could run code ({first[:160]})") \
+            from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a qadtr checkpoint")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {payload.get('version')}, expected {VERSION}")
+    return payload
+
+
+_BN_KEY = re.compile(r"(.*\.bns\.)(\d+)(\..*)")
+
+
+def load_matching_state(model: torch.nn.Module, state: dict) -> list[str]:
+    """Load ``state`` into ``model`` even when their bit-width sets differ.
+
+    A BatchNorm for a bit-width the source never had starts from the source's
+    float (32) BN, the natural starting point for QAT or calibration. Thresholds
+    the source lacks stay uninitialised and are set from data on first use.
+    Returns the keys that kept their fresh values.
+    """
+    target = model.state_dict()
+    merged, fresh = {}, []
+    for key, value in target.items():
+        src = state.get(key)
+        if src is None and (m := _BN_KEY.match(key)):
+            src = state.get(f"{m.group(1)}32{m.group(3)}")
+        if src is not None and src.shape == value.shape:
+            merged[key] = src
+        else:
+            merged[key] = value
+            fresh.append(key)
+    model.load_state_dict(merged)
+    return fresh
+
+
+def model_from_checkpoint(payload: dict, arch: str | None = None, bits=None):
+    """Rebuild the model a checkpoint describes (or ``arch`` with bit set ``bits`` initialised from it)."""
+    from .models import create_model
+    from .switchable import set_bits
+
+    config = payload["config"]
+    if arch is not None and arch != config["arch"]:
+        raise CheckpointError(f"checkpoint is for arch {config['arch']!r}, not {arch!r}")
+    model = create_model(config["arch"], bits=bits or config["model_bits"], num_classes=config["num_classes"])
+    if bits is None:
+        model.load_state_dict(payload["model"])
+    else:
+        load_matching_state(model, payload["model"])
+    set_bits(model, max(model.bit_choices))
+    return model

@@ -1,0 +1,184 @@
+"""The ``qadtr`` command line: thin wrappers over importable functions.
+
+Every command prints a table (or JSON with ``--json``) and can write its JSON
+result; bad input exits with code 2 and one line on stderr. Torch is imported
+inside the commands that need it, so the device-side commands run without it.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+from .cli_util import emit, format_table, json_options, parse_bits
+from .errors import QadtrError
+
+CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                               help="Data folder; defaults to $QADTR_DATA_DIR.")
+dataset_option = click.option("--dataset", default="cifar10",
+                              type=click.Choice(["cifar10", "imagefolder", "npz", "synthetic"]))
+seed_option = click.option("--seed", default=0, type=int, help="Random seed.")
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="qadtr")
+def cli():
+    """qadtr: harden quantized classifiers against adversarial patches, export integer ONNX, check on device."""
+
+
+@cli.command("models")
+@json_options
+def models_cmd(as_json):
+    """List the registered architectures."""
+    from .models import list_models
+
+    names = list_models()
+    emit({"models": names}, format_table(["model"], [[n] for n in names]), None, as_json)
+
+
+@cli.command("train")
+@click.option("--arch", default="resnet20", help="Registered architecture (see `qadtr models`).")
+@click.option("--defense", default="qat", type=click.Choice(["float", "qat"]),
+              help="float: full precision; qat: fixed-bit quantization-aware training.")
+@click.option("--bits", default="4", help="QAT bit-width (weights and activations).")
+@click.option("--epochs", default=10, type=int)
+@click.option("--batch-size", default=128, type=int)
+@click.option("--lr", default=None, type=float, help="Peak LR. Default: 0.1 from scratch, 0.01 with --init.")
+@click.option("--momentum", default=0.9, type=float)
+@click.option("--weight-decay", default=5e-4, type=float)
+@click.option("--schedule", default="cosine", type=click.Choice(["cosine", "onecycle"]))
+@click.option("--warmup-epochs", default=0.0, type=float)
+@click.option("--label-smoothing", default=0.0, type=float)
+@click.option("--init", type=click.Path(dir_okay=False), default=None, help="Start from this checkpoint.")
+@click.option("--train-subset", default=None, type=int, help="Train on a seeded subset of N images.")
+@click.option("--eval-subset", default=None, type=int, help="Evaluate on a seeded subset of N test images.")
+@dataset_option
+@data_dir_option
+@seed_option
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last completed epoch.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@json_options
+def train_cmd(out, resume, quiet, as_json, bits, **kwargs):
+    """Train a model; writes OUT/checkpoint.pt every epoch and OUT/metrics.json."""
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(bits=parse_bits(bits), **kwargs)
+    record = train(cfg, out, resume=resume, quiet=quiet)
+    rows = [[e["epoch"], f"{e['train_loss']:.3f}", *(f"{v:.2%}" for v in e["test_acc"].values()),
+             f"{e['images_per_s']:.0f}"] for e in record["epochs"]]
+    bit_cols = [f"acc@{b}" for b in record["epochs"][-1]["test_acc"]] if record["epochs"] else []
+    emit(record, format_table(["epoch", "loss", *bit_cols, "img/s"], rows), None, as_json)
+
+
+def _load_for_eval(ckpt, bits_text):
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+
+    payload = load_checkpoint(ckpt)
+    model = model_from_checkpoint(payload)
+    bit_list = parse_bits(bits_text) if bits_text else sorted(payload["trained_bits"], reverse=True)
+    missing = [b for b in bit_list if b not in model.bit_choices]
+    if missing:
+        raise QadtrError(f"bit-width {missing[0]} is not in this checkpoint's set {sorted(model.bit_choices)}")
+    return payload, model, bit_list
+
+
+@cli.command("eval")
+@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.option("--bits", default=None, help="Bit-widths to evaluate. Default: those the checkpoint was trained at.")
+@click.option("--n", "n", default=None, type=int, help="Evaluate on a seeded subset of N test images.")
+@click.option("--batch-size", default=256, type=int)
+@dataset_option
+@data_dir_option
+@seed_option
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the JSON result here.")
+@json_options
+def eval_cmd(ckpt, bits, n, batch_size, dataset, data_dir, seed, out, as_json):
+    """Clean test accuracy of CKPT per bit-width."""
+    import torch
+
+    from .data.arrays import load_dataset
+    from .data.loader import BatchLoader
+    from .evaluate import accuracy_per_bits
+    from .io import sha256_file, versions
+
+    torch.manual_seed(seed)
+    payload, model, bit_list = _load_for_eval(ckpt, bits)
+    data = load_dataset(dataset, "test", data_dir, seed=seed).subset(n, seed)
+    acc = accuracy_per_bits(model, BatchLoader(data, batch_size), bit_list)
+    trained = set(payload["trained_bits"])
+    result = {
+        "checkpoint": str(ckpt), "checkpoint_sha256": sha256_file(ckpt), "arch": payload["config"]["arch"],
+        "defense": payload["config"]["defense"], "images": len(data), "data_sha256": data.sha256(),
+        "accuracy": {str(b): a for b, a in acc.items()}, "trained_bits": sorted(trained),
+        "seed": seed, "versions": versions(),
+    }
+    rows = [[b, f"{a:.2%}", "yes" if b in trained else "no (never trained or calibrated)"] for b, a in acc.items()]
+    emit(result, format_table(["bits", "accuracy", "trained"], rows), out, as_json)
+
+
+@cli.command("calibrate")
+@click.argument("float_ckpt", type=click.Path(dir_okay=False))
+@click.option("--bits", default="8,4,2", help="Bit-widths to calibrate (2..8).")
+@click.option("--num-batches", default=8, type=int, help="Calibration batches from the training set.")
+@click.option("--batch-size", default=128, type=int)
+@click.option("--eval-n", default=None, type=int, help="Report accuracy on N test images (default: all).")
+@dataset_option
+@data_dir_option
+@seed_option
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Calibrated checkpoint to write.")
+@json_options
+def calibrate_cmd(float_ckpt, bits, num_batches, batch_size, eval_n, dataset, data_dir, seed, out, as_json):
+    """Post-training quantization: thresholds and BN statistics from data, no training."""
+    import torch
+
+    from .calibration import calibrate
+    from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from .data.arrays import load_dataset
+    from .data.loader import BatchLoader
+    from .evaluate import accuracy_per_bits
+    from .io import sha256_file, versions
+
+    bit_list = parse_bits(bits, allow_float=False)
+    torch.manual_seed(seed)
+    payload = load_checkpoint(float_ckpt)
+    model_bits = sorted(set(bit_list) | {32})
+    model = model_from_checkpoint(payload, bits=model_bits)
+    train = load_dataset(dataset, "train", data_dir, seed=seed)
+    test = load_dataset(dataset, "test", data_dir, seed=seed).subset(eval_n, seed)
+    calibrate(model, BatchLoader(train, batch_size, shuffle=True, seed=seed), bit_list, num_batches=num_batches)
+    config = {**payload["config"], "model_bits": model_bits, "defense": f"ptq({payload['config']['defense']})"}
+    trained = sorted(set(payload["trained_bits"]) | set(bit_list))
+    save_checkpoint(out, {"config": config, "trained_bits": trained, "classes": payload.get("classes"),
+                          "epoch": payload.get("epoch", 0), "model": model.state_dict(),
+                          "metrics": payload.get("metrics", []), "versions": versions(),
+                          "calibration": {"bits": bit_list, "num_batches": num_batches, "batch_size": batch_size,
+                                          "seed": seed, "source_sha256": sha256_file(float_ckpt)}})
+    acc = accuracy_per_bits(model, BatchLoader(test, 256), sorted(trained, reverse=True))
+    result = {"checkpoint": str(out), "source": str(float_ckpt), "source_sha256": sha256_file(float_ckpt),
+              "accuracy": {str(b): a for b, a in acc.items()}, "images": len(test), "seed": seed,
+              "data_sha256": train.sha256(), "versions": versions()}
+    emit(result, format_table(["bits", "accuracy"], [[b, f"{a:.2%}"] for b, a in acc.items()]), None, as_json)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        rv = cli.main(standalone_mode=False)
+    except QadtrError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Seeded batches as float tensors in [0, 1], with CIFAR augmentation done on whole batches."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .arrays import ArrayDataset
+
+
+def to_tensor(x_uint8: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> float32 NCHW in [0, 1]."""
+    return torch.from_numpy(x_uint8).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop after zero padding by ``pad``, and random horizontal flip (He et al. 2016)."""
+    n, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None]).view(n, 1, h, 1).expand(n, c, h, w)
+    cols = (dx[:, None] + torch.arange(w)[None]).view(n, 1, 1, w).expand(n, c, h, w)
+    out = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    flip = torch.rand(n, generator=generator) < 0.5
+    out[flip] = out[flip].flip(3)
+    return out
+
+
+class BatchLoader:
+    """Iterate ``(images, labels)`` batches; the order depends only on ``seed`` and the epoch.
+
+    That makes a resumed run see exactly the batches it would have seen.
+    """
+
+    def __init__(self, data: ArrayDataset, batch_size: int = 128, shuffle: bool = False,
+                 augment: bool = False, seed: int = 0, drop_last: bool = False):
+        self.data, self.batch_size = data, batch_size
+        self.shuffle, self.augment, self.seed, self.drop_last = shuffle, augment, seed, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        n = len(self.data)
+        order = torch.randperm(n, generator=g).numpy() if self.shuffle else np.arange(n)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = to_tensor(self.data.x[idx])
+            if self.augment:
+                x = augment(x, g)
+            yield x, torch.from_numpy(self.data.y[idx])

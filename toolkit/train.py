@@ -1,0 +1,197 @@
+"""Training: float and fixed-precision QAT, with atomic per-epoch checkpoints and exact resume."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint, load_matching_state, save_checkpoint
+from .data.arrays import load_dataset
+from .data.loader import BatchLoader
+from .errors import QadtrError
+from .evaluate import accuracy_per_bits
+from .io import sha256_file, versions, write_json
+from .models import create_model, list_models
+from .quant import FLOAT_BITS, validate_bits
+from .switchable import set_bits
+
+DEFENSES = ("float", "qat")
+SCHEDULES = ("cosine", "onecycle")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. Stored in every checkpoint."""
+
+    arch: str = "resnet20"
+    defense: str = "qat"
+    bits: list = field(default_factory=lambda: [4])
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float | None = None  # None: 0.1 from scratch, 0.01 when fine-tuning from --init
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    train_subset: int | None = None
+    eval_subset: int | None = None
+    init: str | None = None
+    seed: int = 0
+
+    def resolved(self) -> TrainConfig:
+        """Validate and fill derived defaults; raises QadtrError with one clear line."""
+        if self.arch not in list_models():
+            raise QadtrError(f"unknown arch {self.arch!r}; choose from {', '.join(list_models())}")
+        if self.defense not in DEFENSES:
+            raise QadtrError(f"unknown defense {self.defense!r}; choose from {', '.join(DEFENSES)}")
+        if self.schedule not in SCHEDULES:
+            raise QadtrError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+        try:
+            bits = sorted({validate_bits(b) for b in self.bits}, reverse=True)
+        except ValueError as e:
+            raise QadtrError(str(e)) from None
+        if self.defense == "float":
+            bits = [FLOAT_BITS]
+        elif len(bits) != 1 or bits[0] == FLOAT_BITS:
+            raise QadtrError("--defense qat trains one fixed bit-width in 2..8 (e.g. --bits 4)")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise QadtrError("--epochs and --batch-size must be positive")
+        lr = self.lr if self.lr is not None else (0.01 if self.init else 0.1)
+        init = str(Path(self.init).resolve()) if self.init else None
+        data_dir = str(Path(self.data_dir).resolve()) if self.data_dir else None
+        return TrainConfig(**{**asdict(self), "bits": bits, "lr": lr, "init": init, "data_dir": data_dir})
+
+    @property
+    def model_bits(self) -> list[int]:
+        return sorted(set(self.bits) | {FLOAT_BITS})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def lr_multiplier(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Per-iteration LR factor. A pure function of the step, so resume needs no scheduler state."""
+    if schedule == "onecycle":
+        peak = max(1, int(0.3 * total))
+        if step < peak:
+            return 0.1 + 0.9 * step / peak
+        return 0.5 * (1 + math.cos(math.pi * (step - peak) / max(1, total - peak)))
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def param_groups(model: nn.Module, weight_decay: float):
+    """Weight decay on conv/linear weights only; never on BN, biases or quantizer thresholds."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if name.endswith(".weight") and p.dim() > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _config_diff(a: TrainConfig, b: TrainConfig) -> list[str]:
+    return [k for k, v in asdict(a).items() if asdict(b).get(k) != v]
+
+
+def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) -> dict:
+    """Train into ``out_dir`` (checkpoint.pt, metrics.json). Returns the run record."""
+    from tqdm import tqdm
+
+    cfg = cfg.resolved()
+    out = Path(out_dir)
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.exists() and not resume:
+        raise QadtrError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    if resume and not ckpt_path.exists():
+        raise QadtrError(f"nothing to resume: {ckpt_path} does not exist")
+
+    torch.manual_seed(cfg.seed)
+    train_data = load_dataset(cfg.dataset, "train", cfg.data_dir, seed=cfg.seed).subset(cfg.train_subset, cfg.seed)
+    test_data = load_dataset(cfg.dataset, "test", cfg.data_dir, seed=cfg.seed).subset(cfg.eval_subset, cfg.seed)
+    num_classes = len(train_data.classes)
+    model = create_model(cfg.arch, bits=cfg.model_bits, num_classes=num_classes)
+    inputs = {"train_data_sha256": train_data.sha256(), "test_data_sha256": test_data.sha256()}
+    if cfg.init:
+        init = load_checkpoint(cfg.init)
+        if init["config"]["arch"] != cfg.arch:
+            raise QadtrError(f"--init checkpoint is for arch {init['config']['arch']!r}, not {cfg.arch!r}")
+        load_matching_state(model, init["model"])
+        inputs["init_sha256"] = sha256_file(cfg.init)
+
+    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
+                                nesterov=True)
+    start_epoch, history = 0, []
+    if resume:
+        payload = load_checkpoint(ckpt_path)
+        diff = _config_diff(cfg, TrainConfig.from_dict(payload["config"]))
+        if diff:
+            raise QadtrError(f"cannot resume {out}: config differs from the run's in {', '.join(diff)}")
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        start_epoch, history = payload["epoch"], list(payload["metrics"])
+
+    loader = BatchLoader(train_data, cfg.batch_size, shuffle=True, augment=True, seed=cfg.seed, drop_last=True)
+    test_loader = BatchLoader(test_data, 256)
+    steps = len(loader)
+    if steps == 0:
+        raise QadtrError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train_data)})")
+    total, warmup = steps * cfg.epochs, int(cfg.warmup_epochs * steps)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    record = {"config": asdict(cfg), "num_classes": num_classes, "classes": list(train_data.classes),
+              "versions": versions(), "inputs": inputs, "seed": cfg.seed}
+
+    for epoch in range(start_epoch, cfg.epochs):
+        loader.set_epoch(epoch)
+        torch.manual_seed(cfg.seed * 1000 + epoch)
+        model.train()
+        t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
+        visits = {str(b): 0 for b in cfg.bits}
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=quiet, file=sys.stderr,
+                   mininterval=0.5 if sys.stderr.isatty() else 30, leave=False)
+        for i, (x, y) in enumerate(bar):
+            step = epoch * steps + i
+            for g in optimizer.param_groups:
+                g["lr"] = cfg.lr * lr_multiplier(step, total, warmup, cfg.schedule)
+            bits = cfg.bits[0]
+            set_bits(model, bits)
+            visits[str(bits)] += 1
+            logits = model(x)
+            loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(y)
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                            img_s=f"{seen / (time.time() - t0):.0f}", refresh=False)
+        train_time = time.time() - t0
+        test_acc = accuracy_per_bits(model, test_loader, cfg.bits)
+        history.append({
+            "epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+            "test_acc": {str(k): v for k, v in test_acc.items()}, "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": seen / train_time, "train_seconds": train_time,
+            "epoch_seconds": time.time() - t0, "bits_visits": visits,
+        })
+        save_checkpoint(ckpt_path, {
+            "config": {**asdict(cfg), "model_bits": cfg.model_bits, "num_classes": num_classes},
+            "trained_bits": cfg.bits, "classes": list(train_data.classes), "epoch": epoch + 1,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "metrics": history,
+            "versions": versions(),
+        })
+        write_json(out / "metrics.json", {**record, "epochs": history})
+        if not quiet:
+            accs = "  ".join(f"{b}-bit {a:.2%}" for b, a in test_acc.items())
+            print(f"epoch {epoch + 1}/{cfg.epochs}  loss {loss_sum / seen:.3f}  test {accs}  "
+                  f"{seen / train_time:.0f} img/s", file=sys.stderr)
+    return {**record, "epochs": history, "checkpoint": str(ckpt_path)}
