@@ -22,7 +22,8 @@ def parse_bits(text: str, allow_float: bool = True) -> list[int]:
     allowed = set(range(2, 9)) | ({FLOAT_BITS} if allow_float else set())
     bad = [v for v in values if v not in allowed]
     if bad:
-        raise QadtrError(f"bit-width {bad[0]} is not supported: use 2..8" + (", or 32 for float" if allow_float else ""))
+        hint = ", or 32 for float" if allow_float else ""
+        raise QadtrError(f"bit-width {bad[0]} is not supported: use 2..8{hint}")
     return list(dict.fromkeys(values))
 
 

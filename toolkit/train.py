@@ -128,17 +128,20 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
         load_matching_state(model, init["model"])
         inputs["init_sha256"] = sha256_file(cfg.init)
 
-    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
-                                nesterov=True)
-    start_epoch, history = 0, []
+    start_epoch, history, payload = 0, [], None
     if resume:
         payload = load_checkpoint(ckpt_path)
         diff = _config_diff(cfg, TrainConfig.from_dict(payload["config"]))
         if diff:
             raise QadtrError(f"cannot resume {out}: config differs from the run's in {', '.join(diff)}")
         model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
         start_epoch, history = payload["epoch"], list(payload["metrics"])
+    # Built after every load_state_dict: loading replaces the threshold Parameter objects,
+    # and an optimizer made before would keep stepping the orphaned ones.
+    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
+                                nesterov=True)
+    if payload is not None:
+        optimizer.load_state_dict(payload["optimizer"])
 
     loader = BatchLoader(train_data, cfg.batch_size, shuffle=True, augment=True, seed=cfg.seed, drop_last=True)
     test_loader = BatchLoader(test_data, 256)

@@ -1,7 +1,7 @@
 """A timm-style model registry: ``@register_model`` and ``create_model(name)``."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 _MODELS: dict[str, Callable] = {}
 

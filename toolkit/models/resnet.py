@@ -33,12 +33,12 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, depth, bit_choices, num_classes=10, widths=(16, 32, 64), policy=QuantPolicy()):
+    def __init__(self, depth, bit_choices, num_classes=10, widths=(16, 32, 64), policy: QuantPolicy | None = None):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError("CIFAR ResNet depth must be 6n+2")
         n = (depth - 2) // 6
-        self.policy = policy
+        self.policy = policy = policy or QuantPolicy()
         self.normalize = Normalize()
         self.input_quant = int_identity(bit_choices, policy.input_bits)
         self.stem = ConvBN(3, widths[0], 3, 1, bit_choices, fixed_bits=policy.first_last_bits)

@@ -1,0 +1,50 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10"
+
+
+def cifar_dir() -> Path | None:
+    env = os.environ.get("QADTR_DATA_DIR")
+    for cand in ([Path(env)] if env else []) + [SHARED_CIFAR]:
+        if (cand / "cifar10_test.npz").is_file():
+            return cand
+    return None
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir():
+    path = cifar_dir()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs the real CIFAR-10 at ../shared/data/cifar10 or $QADTR_DATA_DIR")
+        pytest.skip("real CIFAR-10 not available")
+    return path
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """Run the `qadtr` entry point in-process; returns (exit_code, stdout, stderr)."""
+    from qadtr.cli import main
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["qadtr", *map(str, args)])
+        with pytest.raises(SystemExit) as exc:
+            main()
+        out = capsys.readouterr()
+        return exc.value.code, out.out, out.err
+
+    return run
+
+
+@pytest.fixture
+def tiny_model():
+    import qadtr
+    import torch
+
+    torch.manual_seed(0)
+    return qadtr.create_model("tiny", bits=(2, 4, 8, 32))

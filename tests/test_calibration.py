@@ -1,0 +1,46 @@
+"""PTQ: a float model becomes a working quantized model from calibration alone."""
+import qadtr
+import torch
+from qadtr.calibration import calibrate
+from qadtr.checkpoint import load_matching_state
+from qadtr.data.arrays import synthetic
+from qadtr.data.loader import BatchLoader
+from qadtr.evaluate import accuracy_per_bits
+from qadtr.train import TrainConfig, train
+
+
+def test_calibration_recovers_accuracy_lost_by_uncalibrated_quantization(tmp_path):
+    train(TrainConfig(arch="tiny", defense="float", dataset="synthetic", epochs=3, batch_size=32, seed=0),
+          tmp_path, quiet=True)
+    from qadtr.checkpoint import load_checkpoint
+
+    state = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
+    test = BatchLoader(synthetic(256, seed=1), 128)
+    model = qadtr.create_model("tiny", bits=(4, 8, 32))
+    load_matching_state(model, state)
+    float_acc = accuracy_per_bits(model, test, [32])[32]
+    assert float_acc > 0.5  # the float model learned the toy task
+
+    # A deliberately bad threshold: everything clips, the model collapses.
+    for name, p in model.named_parameters():
+        if "thresholds" in name:
+            p.data.fill_(1e-3)
+    for buf_name, buf in model.named_buffers():
+        if "initialized_" in buf_name:
+            buf.fill_(True)
+    broken = accuracy_per_bits(model, test, [8])[8]
+
+    calibrate(model, BatchLoader(synthetic(512, seed=0), 64, shuffle=True), [8, 4], num_batches=4)
+    acc = accuracy_per_bits(model, test, [8, 4])
+    assert acc[8] >= float_acc - 0.05
+    assert acc[4] >= float_acc - 0.15
+    assert acc[8] > broken + 0.2
+    assert qadtr.get_bits(model) == (32, 32)  # calibration restores the active precision
+
+
+def test_calibration_updates_only_the_calibrated_bit_widths_bn(tiny_model):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items() if ".bns.2." in k}
+    calibrate(tiny_model, [torch.rand(16, 3, 32, 32) for _ in range(2)], [8], num_batches=2)
+    after = tiny_model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert not torch.equal(tiny_model.stem.bn.bns["8"].running_var, torch.ones(8))

@@ -1,0 +1,77 @@
+import os
+import pickle
+
+import pytest
+import qadtr
+import torch
+from qadtr.checkpoint import load_checkpoint, load_matching_state, model_from_checkpoint, save_checkpoint
+from qadtr.errors import CheckpointError
+
+
+def _payload(model, arch="tiny"):
+    return {"config": {"arch": arch, "model_bits": list(model.bit_choices), "num_classes": 10},
+            "trained_bits": [32], "model": model.state_dict()}
+
+
+def test_round_trip_rebuilds_the_same_model(tmp_path, tiny_model):
+    x = torch.rand(2, 3, 32, 32)
+    tiny_model.eval()
+    qadtr.set_bits(tiny_model, 4)
+    ref = tiny_model(x)
+    save_checkpoint(tmp_path / "c.pt", _payload(tiny_model))
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "c.pt")).eval()
+    qadtr.set_bits(model, 4)
+    assert torch.allclose(model(x), ref, atol=1e-6)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary files left
+
+
+def test_truncated_and_corrupt_checkpoints_are_refused(tmp_path, tiny_model):
+    save_checkpoint(tmp_path / "c.pt", _payload(tiny_model))
+    data = (tmp_path / "c.pt").read_bytes()
+    (tmp_path / "t.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "g.pt").write_bytes(os.urandom(1000))
+    for name in ("t.pt", "g.pt", "missing.pt"):
+        with pytest.raises(CheckpointError):
+            load_checkpoint(tmp_path / name)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {_RunsCode.marker}",))
+
+
+def test_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
+    _RunsCode.marker = tmp_path / "ran"
+    torch.save({"format": "qadtr-checkpoint", "evil": _RunsCode()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="could run code"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not _RunsCode.marker.exists()
+    # A raw pickle (not a torch zip) is refused too.
+    (tmp_path / "raw.pt").write_bytes(pickle.dumps(_RunsCode()))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "raw.pt")
+    assert not _RunsCode.marker.exists()
+
+
+def test_non_qadtr_file_is_refused(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a qadtr checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_checkpoint_for_another_arch_is_refused(tmp_path, tiny_model):
+    save_checkpoint(tmp_path / "c.pt", _payload(tiny_model))
+    with pytest.raises(CheckpointError, match="arch 'tiny'"):
+        model_from_checkpoint(load_checkpoint(tmp_path / "c.pt"), arch="resnet20")
+
+
+def test_matching_state_seeds_new_bit_widths_from_float_bn():
+    torch.manual_seed(0)
+    src = qadtr.create_model("tiny", bits=(32,))
+    for m in src.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_()
+    dst = qadtr.create_model("tiny", bits=(4, 32))
+    load_matching_state(dst, src.state_dict())
+    assert torch.equal(dst.stem.bn.bns["4"].running_mean, src.stem.bn.bns["32"].running_mean)
+    assert torch.equal(dst.stem.conv.weight, src.stem.conv.weight)

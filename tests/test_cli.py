@@ -1,0 +1,72 @@
+"""CLI behaviour: help, and one-line errors with exit code 2 for bad input."""
+import pytest
+import qadtr
+import torch
+from qadtr.checkpoint import save_checkpoint
+
+
+def test_help_lists_commands_and_shows_defaults(run_cli):
+    code, out, _ = run_cli("--help")
+    assert code == 0
+    for cmd in ("train", "eval", "calibrate", "models"):
+        assert cmd in out
+    for cmd in ("train", "eval", "calibrate"):
+        code, out, _ = run_cli(cmd, "--help")
+        assert code == 0 and "default:" in out
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    torch.manual_seed(0)
+    model = qadtr.create_model("tiny", bits=(4, 32))
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(path, {"config": {"arch": "tiny", "model_bits": [4, 32], "num_classes": 10,
+                                      "defense": "float"},
+                           "trained_bits": [32], "model": model.state_dict()})
+    return path
+
+
+def _bad_inputs(tmp_path, ckpt):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    truncated = tmp_path / "trunc.pt"
+    truncated.write_bytes(ckpt.read_bytes()[:500])
+    out = tmp_path / "run"
+    return {
+        "unknown arch": ("train", "--arch", "resnet21", "--dataset", "synthetic", "--out", out),
+        "bits 9": ("train", "--arch", "tiny", "--bits", "9", "--dataset", "synthetic", "--out", out),
+        "bits 1": ("eval", ckpt, "--bits", "1", "--dataset", "synthetic"),
+        "bits not in set": ("eval", ckpt, "--bits", "2", "--dataset", "synthetic"),
+        "bits garbage": ("eval", ckpt, "--bits", "four", "--dataset", "synthetic"),
+        "missing data folder": ("eval", ckpt, "--data-dir", tmp_path / "nope"),
+        "empty data folder": ("eval", ckpt, "--data-dir", empty),
+        "truncated checkpoint": ("eval", truncated, "--dataset", "synthetic"),
+        "missing checkpoint": ("eval", tmp_path / "none.pt", "--dataset", "synthetic"),
+        "checkpoint for another arch": ("train", "--arch", "resnet20", "--init", ckpt, "--dataset", "synthetic",
+                                        "--out", out),
+        "calibrate float bits": ("calibrate", ckpt, "--bits", "32", "--out", tmp_path / "c.pt"),
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "unknown arch", "bits 9", "bits 1", "bits not in set", "bits garbage", "missing data folder",
+    "empty data folder", "truncated checkpoint", "missing checkpoint", "checkpoint for another arch",
+    "calibrate float bits"])
+def test_bad_input_is_one_line_and_exit_2(run_cli, tmp_path, tiny_ckpt, case):
+    code, out, err = run_cli(*_bad_inputs(tmp_path, tiny_ckpt)[case])
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_eval_writes_json_and_table(run_cli, tmp_path, tiny_ckpt):
+    code, out, _ = run_cli("eval", tiny_ckpt, "--bits", "32,4", "--dataset", "synthetic", "--out",
+                           tmp_path / "e.json")
+    assert code == 0 and "accuracy" in out
+    import json
+
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert set(result["accuracy"]) == {"32", "4"} and result["checkpoint_sha256"]
+    assert result["versions"]["torch"]

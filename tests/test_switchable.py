@@ -1,0 +1,126 @@
+"""Switchable precision on shared float weights (issue: foundation, acceptance on resnet20)."""
+import pytest
+import qadtr
+import torch
+from brevitas.nn import QuantReLU
+from qadtr.switchable import SwitchableBatchNorm2d, get_bits
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    torch.manual_seed(0)
+    return qadtr.create_model("resnet20", bits=(2, 4, 8, 32)).eval()
+
+
+def largest_conv(model):
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    return max(convs, key=lambda m: m.weight.numel())
+
+
+@pytest.mark.parametrize("w", [2, 4])
+def test_int_weights_take_exactly_narrow_range_levels_per_channel(resnet20, w):
+    qadtr.set_bits(resnet20, w)
+    resnet20(torch.rand(2, 3, 32, 32))  # thresholds initialise on first use
+    conv = largest_conv(resnet20)
+    ints = conv.quant_weight().int().flatten(1)
+    for row in ints:
+        levels = torch.unique(row)
+        assert len(levels) == 2**w - 1
+        assert levels.abs().max() == 2 ** (w - 1) - 1
+
+
+@pytest.mark.parametrize("a", [2, 4, 8])
+def test_activations_take_at_most_2_pow_a_values(resnet20, a):
+    qadtr.set_bits(resnet20, a)
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+             for m in resnet20.modules() if isinstance(m, QuantReLU)]
+    resnet20(torch.rand(8, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert len(seen) == 19  # stem + 2 per block
+    for out in seen:
+        assert len(torch.unique(out)) <= 2**a
+    assert max(len(torch.unique(o)) for o in seen) > 2 ** (a - 1)  # the levels are actually used
+
+
+def test_outputs_differ_between_bit_widths(resnet20):
+    x = torch.rand(4, 3, 32, 32)
+    outs = {}
+    for b in (32, 8, 4, 2):
+        qadtr.set_bits(resnet20, b)
+        outs[b] = resnet20(x)
+    for b in (8, 4, 2):
+        assert not torch.allclose(outs[32], outs[b])
+    assert not torch.allclose(outs[4], outs[2])
+
+
+def test_float_path_bypasses_every_quantizer(resnet20):
+    """At 32 bits the model equals the same network with plain float layers."""
+    x = torch.rand(2, 3, 32, 32)
+    qadtr.set_bits(resnet20, 32)
+    out = resnet20(x)
+    stem = resnet20.stem
+    ref = torch.relu(stem.bn.bns["32"](torch.nn.functional.conv2d(resnet20.normalize(x), stem.conv.weight, padding=1)))
+    got = resnet20.stem_act(stem(resnet20.input_quant(resnet20.normalize(x))))
+    assert torch.allclose(got, ref, atol=1e-6)
+    assert out.shape == (2, 10)
+
+
+@pytest.mark.parametrize("w", [2, 8, 32])
+def test_gradients_reach_shared_weights_and_only_active_bn(w):
+    torch.manual_seed(0)
+    model = qadtr.create_model("tiny", bits=(2, 8, 32)).train()
+    qadtr.set_bits(model, w)
+    model(torch.rand(4, 3, 32, 32)).sum().backward()
+    conv = largest_conv(model)
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+    for m in model.modules():
+        if isinstance(m, SwitchableBatchNorm2d):
+            for key, bn in m.bns.items():
+                if key == str(w):
+                    assert bn.weight.grad is not None and bn.weight.grad.abs().sum() > 0
+                else:
+                    assert bn.weight.grad is None
+
+
+def test_bits_context_restores_previous_pair(tiny_model):
+    qadtr.set_bits(tiny_model, 8)
+    with qadtr.bits(tiny_model, 2):
+        assert get_bits(tiny_model) == (2, 2)
+    assert get_bits(tiny_model) == (8, 8)
+
+
+def test_mixed_weight_and_activation_bits(tiny_model):
+    qadtr.set_bits(tiny_model, 8, 2)
+    assert get_bits(tiny_model) == (8, 2)
+    tiny_model(torch.rand(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("w,a", [(3, None), (1, None), (16, None), (32, 8), (8, 6)])
+def test_set_bits_refuses_widths_outside_the_model_set(tiny_model, w, a):
+    with pytest.raises(ValueError):
+        qadtr.set_bits(tiny_model, w, a)
+
+
+def test_state_dict_round_trip_keeps_every_precision(tiny_model):
+    x = torch.rand(3, 3, 32, 32)
+    tiny_model.eval()
+    before = {}
+    for b in (32, 8, 4, 2):
+        qadtr.set_bits(tiny_model, b)
+        before[b] = tiny_model(x)
+    clone = qadtr.create_model("tiny", bits=(2, 4, 8, 32)).eval()
+    clone.load_state_dict(tiny_model.state_dict())
+    for b, ref in before.items():
+        qadtr.set_bits(clone, b)
+        assert torch.allclose(clone(x), ref, atol=1e-6)
+
+
+def test_registry():
+    assert {"resnet20", "resnet56", "tiny"} <= set(qadtr.list_models())
+    with pytest.raises(ValueError, match="unknown model"):
+        qadtr.create_model("resnet21")
+    m = qadtr.create_model("resnet56", bits=(4, 32), num_classes=7)
+    assert m(torch.rand(1, 3, 32, 32)).shape == (1, 7)
+    assert m.bit_choices == (4, 32)

@@ -1,0 +1,79 @@
+"""Training runs: metrics, resume after SIGKILL, refusal to mix configs."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from qadtr.checkpoint import load_checkpoint
+from qadtr.errors import QadtrError
+from qadtr.train import TrainConfig, lr_multiplier, train
+
+EPOCHS = 4
+ARGS = ["train", "--arch", "tiny", "--defense", "qat", "--bits", "4", "--dataset", "synthetic",
+        "--epochs", str(EPOCHS), "--batch-size", "32", "--seed", "3", "--quiet"]
+
+
+def _cli(*args):
+    return [sys.executable, "-c", "from qadtr.cli import main; main()", *map(str, args)]
+
+
+def _epochs_done(run):
+    try:
+        return len(json.loads((run / "metrics.json").read_text())["epochs"])
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_cli(*ARGS, "--out", straight), check=True, capture_output=True)
+
+    proc = subprocess.Popen(_cli(*ARGS, "--out", killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _epochs_done(killed) < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = _epochs_done(killed)
+    assert 1 <= done < EPOCHS, "the kill must land mid-run"
+    assert load_checkpoint(killed / "checkpoint.pt")["epoch"] == done  # the last completed epoch survives
+
+    subprocess.run(_cli(*ARGS, "--out", killed, "--resume"), check=True, capture_output=True)
+    a, b = load_checkpoint(straight / "checkpoint.pt"), load_checkpoint(killed / "checkpoint.pt")
+    assert b["epoch"] == EPOCHS and [m["epoch"] for m in b["metrics"]] == list(range(1, EPOCHS + 1))
+    for key, value in a["model"].items():
+        assert torch.allclose(value.float(), b["model"][key].float(), atol=1e-5), key
+
+
+def test_metrics_and_checkpoint_contents(tmp_path):
+    record = train(TrainConfig(arch="tiny", defense="qat", bits=[2], dataset="synthetic", epochs=2,
+                               batch_size=64, seed=1), tmp_path, quiet=True)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    assert metrics["epochs"][0]["bits_visits"] == {"2": 8}
+    assert metrics["versions"]["brevitas"] and metrics["inputs"]["train_data_sha256"]
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["config"]["model_bits"] == [2, 32] and ckpt["trained_bits"] == [2]
+    assert record["epochs"][-1]["train_loss"] < record["epochs"][0]["train_loss"] * 1.5
+
+
+def test_existing_run_needs_resume_and_resume_needs_same_config(tmp_path):
+    cfg = TrainConfig(arch="tiny", defense="float", dataset="synthetic", epochs=1, batch_size=64)
+    train(cfg, tmp_path, quiet=True)
+    with pytest.raises(QadtrError, match="--resume"):
+        train(cfg, tmp_path, quiet=True)
+    with pytest.raises(QadtrError, match="batch_size"):
+        train(TrainConfig(**{**cfg.__dict__, "batch_size": 32}), tmp_path, resume=True, quiet=True)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_lr_schedules_start_low_or_peak_and_end_near_zero(schedule):
+    total = 1000
+    values = [lr_multiplier(s, total, 50, schedule) for s in range(total)]
+    assert max(values) == pytest.approx(1.0, abs=0.01)
+    assert values[-1] < 0.01
+    assert values[0] < max(values)
