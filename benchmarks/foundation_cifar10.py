@@ -1,0 +1,110 @@
+"""Foundation results on CIFAR-10: float ResNet-20, PTQ by calibration, and QAT at 8/4/2 bits.
+
+Resumable: each stage reuses a finished run, continues an unfinished one (--resume), and writes
+`<runs>/foundation.json` and `<runs>/foundation.md` after every stage.
+
+    QADTR_DATA_DIR=../shared/data/cifar10 python benchmarks/foundation_cifar10.py --runs runs/foundation
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from qadtr.calibration import calibrate
+from qadtr.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from qadtr.data.arrays import load_dataset
+from qadtr.data.loader import BatchLoader
+from qadtr.evaluate import accuracy_per_bits
+from qadtr.io import versions, write_json, write_text
+from qadtr.train import TrainConfig, train
+
+TARGETS = {"float": {32: 0.900}, "qat": {8: 0.900, 4: 0.885, 2: 0.800}}
+
+
+def run_training(cfg: TrainConfig, out: Path) -> dict:
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists() and load_checkpoint(ckpt)["epoch"] >= cfg.epochs:
+        payload = load_checkpoint(ckpt)
+    else:
+        train(cfg, out, resume=ckpt.exists())
+        payload = load_checkpoint(ckpt)
+    m = payload["metrics"]
+    return {"checkpoint": str(ckpt), "epochs": payload["epoch"],
+            "test_acc": m[-1]["test_acc"], "train_seconds": sum(e["epoch_seconds"] for e in m),
+            "images_per_s": m[-1]["images_per_s"]}
+
+
+def run_ptq(float_ckpt: Path, bits, out: Path, data_dir, seed: int) -> dict:
+    t0 = time.time()
+    payload = load_checkpoint(float_ckpt)
+    model = model_from_checkpoint(payload, bits=sorted(set(bits) | {32}))
+    train_set = load_dataset("cifar10", "train", data_dir)
+    calibrate(model, BatchLoader(train_set, 128, shuffle=True, seed=seed), bits, num_batches=8)
+    seconds = time.time() - t0
+    save_checkpoint(out, {"config": {**payload["config"], "model_bits": sorted(set(bits) | {32}),
+                                     "defense": "ptq(float)"},
+                          "trained_bits": sorted(set(bits) | {32}), "epoch": payload["epoch"],
+                          "model": model.state_dict(), "metrics": payload["metrics"], "versions": versions()})
+    test = BatchLoader(load_dataset("cifar10", "test", data_dir), 256)
+    acc = accuracy_per_bits(model, test, sorted(set(bits) | {32}, reverse=True))
+    return {"checkpoint": str(out), "test_acc": {str(b): a for b, a in acc.items()}, "calibration_seconds": seconds}
+
+
+def markdown(results: dict) -> str:
+    lines = [f"Machine: {results['machine']}; date {results['date']}; seed {results['seed']}.", "",
+             "| model | bits | test acc | target | epochs | wall time |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, r in results["stages"].items():
+        for b, acc in r["test_acc"].items():
+            kind = "float" if name == "float" else "qat" if name.startswith("qat") else None
+            target = TARGETS.get(kind, {}).get(int(b))
+            wall = r.get("train_seconds", r.get("calibration_seconds", 0.0))
+            lines.append(f"| {name} | {b} | {acc:.2%} | {f'>= {target:.1%}' if target else '-'} | "
+                         f"{r.get('epochs', '-')} | {wall / 60:.1f} min |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default="runs/foundation", type=Path)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--float-epochs", type=int, default=10)
+    p.add_argument("--qat-epochs", type=int, default=10)
+    p.add_argument("--qat-bits", default="8,4,2")
+    p.add_argument("--stages", default="float,ptq,qat")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    stages = args.stages.split(",")
+    qat_bits = [int(b) for b in args.qat_bits.split(",")]
+    results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "seed": args.seed,
+               "versions": versions(), "args": {k: str(v) for k, v in vars(args).items()}, "stages": {}}
+
+    def save():
+        write_json(args.runs / "foundation.json", results)
+        write_text(args.runs / "foundation.md", markdown(results))
+
+    float_cfg = TrainConfig(arch="resnet20", defense="float", epochs=args.float_epochs, warmup_epochs=0.5,
+                            data_dir=args.data_dir, seed=args.seed)
+    float_dir = args.runs / "float"
+    if "float" in stages:
+        results["stages"]["float"] = run_training(float_cfg, float_dir)
+        save()
+    if "ptq" in stages:
+        results["stages"]["ptq"] = run_ptq(float_dir / "checkpoint.pt", qat_bits, args.runs / "ptq.pt",
+                                           args.data_dir, args.seed)
+        save()
+    if "qat" in stages:
+        for b in qat_bits:
+            cfg = TrainConfig(arch="resnet20", defense="qat", bits=[b], epochs=args.qat_epochs,
+                              init=str(float_dir / "checkpoint.pt"), data_dir=args.data_dir, seed=args.seed)
+            results["stages"][f"qat_w{b}a{b}"] = run_training(cfg, args.runs / f"qat_w{b}a{b}")
+            save()
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
