@@ -57,6 +57,7 @@ def models_cmd(as_json):
 @click.option("--eval-subset", default=None, type=int, help="Evaluate on a seeded subset of N test images.")
 @dataset_option
 @data_dir_option
+@click.option("--download", is_flag=True, help="Download CIFAR-10 with torchvision if it is missing.")
 @seed_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last completed epoch.")

@@ -41,6 +41,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     dataset: str = "cifar10"
     data_dir: str | None = None
+    download: bool = False
     train_subset: int | None = None
     eval_subset: int | None = None
     init: str | None = None
@@ -116,8 +117,10 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
         raise QadtrError(f"nothing to resume: {ckpt_path} does not exist")
 
     torch.manual_seed(cfg.seed)
-    train_data = load_dataset(cfg.dataset, "train", cfg.data_dir, seed=cfg.seed).subset(cfg.train_subset, cfg.seed)
-    test_data = load_dataset(cfg.dataset, "test", cfg.data_dir, seed=cfg.seed).subset(cfg.eval_subset, cfg.seed)
+    def split(name, n):
+        return load_dataset(cfg.dataset, name, cfg.data_dir, cfg.download, seed=cfg.seed).subset(n, cfg.seed)
+
+    train_data, test_data = split("train", cfg.train_subset), split("test", cfg.eval_subset)
     num_classes = len(train_data.classes)
     model = create_model(cfg.arch, bits=cfg.model_bits, num_classes=num_classes)
     inputs = {"train_data_sha256": train_data.sha256(), "test_data_sha256": test_data.sha256()}

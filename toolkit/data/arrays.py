@@ -116,7 +116,12 @@ def _load_cifar_batches(folder: Path, split: str) -> ArrayDataset:
 def load_cifar10(data_dir, split: str, download: bool = False) -> ArrayDataset:
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}: use train or test")
-    root = Path(data_dir) if download else resolve_data_dir(data_dir)
+    if download:
+        # Where a network exists: the given folder, else $QADTR_DATA_DIR, else the user cache.
+        root = Path(data_dir or os.environ.get(ENV_VAR) or Path.home() / ".cache" / "qadtr" / "cifar10")
+        root.mkdir(parents=True, exist_ok=True)
+    else:
+        root = resolve_data_dir(data_dir)
     npz = root / f"cifar10_{split}.npz"
     if npz.is_file():
         return _load_npz(npz, f"cifar10-{split}", CIFAR10_CLASSES)
