@@ -165,6 +165,10 @@ def calibrate_cmd(float_ckpt, bits, num_batches, batch_size, eval_n, dataset, da
     emit(result, format_table(["bits", "accuracy"], [[b, f"{a:.2%}"] for b, a in acc.items()]), None, as_json)
 
 
+# Commands that live in their own modules (one job each) register themselves here.
+# --- registered commands ---
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:
