@@ -54,6 +54,14 @@ def run_ptq(float_ckpt: Path, bits, out: Path, data_dir, seed: int) -> dict:
     return {"checkpoint": str(out), "test_acc": {str(b): a for b, a in acc.items()}, "calibration_seconds": seconds}
 
 
+def qat_epoch_plan(text: str, bits: list[int]) -> dict[int, int]:
+    """``"10"`` -> 10 epochs at every bit-width; ``"8:4,4:8,2:10"`` -> per bit-width."""
+    if ":" not in text:
+        return {b: int(text) for b in bits}
+    plan = {int(k): int(v) for k, v in (pair.split(":") for pair in text.split(","))}
+    return {b: plan[b] for b in bits}
+
+
 def markdown(results: dict) -> str:
     lines = [f"Machine: {results['machine']}; date {results['date']}; seed {results['seed']}.", "",
              "| model | bits | test acc | target | epochs | wall time |", "| --- | --- | --- | --- | --- | --- |"]
@@ -72,13 +80,15 @@ def main():
     p.add_argument("--runs", default="runs/foundation", type=Path)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--float-epochs", type=int, default=10)
-    p.add_argument("--qat-epochs", type=int, default=10)
+    p.add_argument("--qat-epochs", default="8:4,4:8,2:10",
+                   help="QAT epochs: one number for every bit-width, or bits:epochs pairs (at most 10 each).")
     p.add_argument("--qat-bits", default="8,4,2")
     p.add_argument("--stages", default="float,ptq,qat")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     stages = args.stages.split(",")
     qat_bits = [int(b) for b in args.qat_bits.split(",")]
+    qat_epochs = qat_epoch_plan(args.qat_epochs, qat_bits)
     results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "seed": args.seed,
                "versions": versions(), "args": {k: str(v) for k, v in vars(args).items()}, "stages": {}}
@@ -99,7 +109,7 @@ def main():
         save()
     if "qat" in stages:
         for b in qat_bits:
-            cfg = TrainConfig(arch="resnet20", defense="qat", bits=[b], epochs=args.qat_epochs,
+            cfg = TrainConfig(arch="resnet20", defense="qat", bits=[b], epochs=qat_epochs[b],
                               init=str(float_dir / "checkpoint.pt"), data_dir=args.data_dir, seed=args.seed)
             results["stages"][f"qat_w{b}a{b}"] = run_training(cfg, args.runs / f"qat_w{b}a{b}")
             save()

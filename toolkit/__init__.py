@@ -7,6 +7,11 @@ so the device side (``qadtr.deploy``) runs where only onnxruntime is installed.
 from __future__ import annotations
 
 import importlib
+import logging
+
+# brevitas imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on CPU-only
+# machines. It is noise on every CLI call and breaks the one-line error contract, so hush it.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 __version__ = "0.1.0"
 

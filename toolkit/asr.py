@@ -18,11 +18,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import QadtrError
+
 PLACEMENT_STREAM = 0x9A7C  # separates placement draws from every other use of the same seed
 
 
-class PatchFormatError(ValueError):
-    """A patch array that is not [3|4, h, w] float in [0, 1]."""
+class PatchFormatError(QadtrError):
+    """A patch array that is not [3|4, h, w] float in [0, 1], or that does not fit the image.
+
+    A :class:`~qadtr.errors.QadtrError` (hence still a ``ValueError``), so the CLI reports it on one line.
+    """
 
 
 def split_patch(patch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,10 +101,18 @@ def apply_patch(images: np.ndarray, patch: np.ndarray, locations: np.ndarray) ->
         raise PatchFormatError(f"need one (top, left) per image: {n} images, locations shape {locations.shape}")
     if ph > ih or pw > iw:
         raise PatchFormatError(f"a {ph}x{pw} patch does not fit a {ih}x{iw} image")
+    if n and (locations.min() < 0 or (locations[:, 0] + ph).max() > ih or (locations[:, 1] + pw).max() > iw):
+        raise PatchFormatError(f"a {ph}x{pw} patch placed at these locations leaves the {ih}x{iw} image")
     out = images.copy()
-    for i, (top, left) in enumerate(locations):
-        box = out[i, :, top:top + ph, left:left + pw]
-        out[i, :, top:top + ph, left:left + pw] = box * (1.0 - mask) + rgb * mask
+    # One fancy-indexed write for the whole batch (no per-image loop), with the same arithmetic as
+    # qadtr.attacks.paste_patch so both stay pixel-identical.
+    rows = locations[:, 0, None, None] + np.arange(ph)[None, :, None]
+    cols = locations[:, 1, None, None] + np.arange(pw)[None, None, :]
+    batch = np.arange(n)[:, None, None]
+    nhwc = out.transpose(0, 2, 3, 1)                       # a view: writes land in ``out``
+    under = nhwc[batch, rows, cols]                        # [N,h,w,3]
+    m = mask[None, :, :, None]
+    nhwc[batch, rows, cols] = under * (1.0 - m) + rgb.transpose(1, 2, 0)[None] * m
     return out
 
 

@@ -12,6 +12,7 @@ import click
 
 from . import __version__
 from .cli_util import emit, format_table, json_options, parse_bits
+from .defenses import DEFENSES, defense_options
 from .errors import QadtrError
 
 CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -41,9 +42,11 @@ def models_cmd(as_json):
 
 @cli.command("train")
 @click.option("--arch", default="resnet20", help="Registered architecture (see `qadtr models`).")
-@click.option("--defense", default="qat", type=click.Choice(["float", "qat"]),
-              help="float: full precision; qat: fixed-bit quantization-aware training.")
-@click.option("--bits", default="4", help="QAT bit-width (weights and activations).")
+@click.option("--defense", default="qat", type=click.Choice(list(DEFENSES)),
+              help="float: full precision; qat: fixed-bit QAT; pbat: float patch adversarial training (Rao et al. "
+                   "2020); dwq: random-precision adversarial training (Fu et al. 2021); qadtr: A-QAPA + DBWT + GIR.")
+@click.option("--bits", default=None, help="Bit-widths trained: one width for qat (default 4), the DBWT set for dwq "
+                                           "and qadtr (default 32,8,4,2); float and pbat train at 32.")
 @click.option("--epochs", default=10, type=int)
 @click.option("--batch-size", default=128, type=int)
 @click.option("--lr", default=None, type=float, help="Peak LR. Default: 0.1 from scratch, 0.01 with --init.")
@@ -62,12 +65,13 @@ def models_cmd(as_json):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last completed epoch.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@defense_options
 @json_options
 def train_cmd(out, resume, quiet, as_json, bits, **kwargs):
     """Train a model; writes OUT/checkpoint.pt every epoch and OUT/metrics.json."""
     from .train import TrainConfig, train
 
-    cfg = TrainConfig(bits=parse_bits(bits), **kwargs)
+    cfg = TrainConfig(bits=parse_bits(bits) if bits is not None else None, **kwargs)
     record = train(cfg, out, resume=resume, quiet=quiet)
     rows = [[e["epoch"], f"{e['train_loss']:.3f}", *(f"{v:.2%}" for v in e["test_acc"].values()),
              f"{e['images_per_s']:.0f}"] for e in record["epochs"]]
@@ -165,8 +169,14 @@ def calibrate_cmd(float_ckpt, bits, num_batches, batch_size, eval_n, dataset, da
     emit(result, format_table(["bits", "accuracy"], [[b, f"{a:.2%}"] for b, a in acc.items()]), None, as_json)
 
 
-# Commands that live in their own modules (one job each) register themselves here.
-# --- registered commands ---
+# Commands that live in their own modules (one job each). cli_deploy imports no torch, so
+# `qadtr check`/`bench`/`report` run on a device with only the core install.
+from .cli_attack import analyze_cmd, attack_cmd, transfer_cmd  # noqa: E402
+from .cli_deploy import bench_cmd, check_cmd, report_cmd  # noqa: E402
+from .cli_export import export_cmd  # noqa: E402
+
+for _command in (attack_cmd, transfer_cmd, analyze_cmd, export_cmd, check_cmd, bench_cmd, report_cmd):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -1,10 +1,11 @@
-"""Training: float and fixed-precision QAT, with atomic per-epoch checkpoints and exact resume."""
+"""Training: float, QAT and the patch defenses (pbat, dwq, qadtr), with atomic per-epoch checkpoints
+and exact resume. Each defense's per-batch step lives in :mod:`qadtr.defenses`."""
 from __future__ import annotations
 
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -13,24 +14,30 @@ from torch import nn
 from .checkpoint import load_checkpoint, load_matching_state, save_checkpoint
 from .data.arrays import load_dataset
 from .data.loader import BatchLoader
+from .defenses import DEFENSES, DefenseParams, build_defense
 from .errors import QadtrError
 from .evaluate import accuracy_per_bits
 from .io import sha256_file, versions, write_json
 from .models import create_model, list_models
 from .quant import FLOAT_BITS, validate_bits
-from .switchable import set_bits
 
-DEFENSES = ("float", "qat")
 SCHEDULES = ("cosine", "onecycle")
 
 
+# The bit set a defense trains when --bits is not given.
+DEFAULT_BITS = {"float": [FLOAT_BITS], "qat": [4], "pbat": [FLOAT_BITS], "dwq": [32, 8, 4, 2], "qadtr": [32, 8, 4, 2]}
+
+
 @dataclass
-class TrainConfig:
-    """Everything that decides a training run. Stored in every checkpoint."""
+class TrainConfig(DefenseParams):
+    """Everything that decides a training run. Stored in every checkpoint.
+
+    The defense hyperparameters (``DefenseParams``) come first in field order; float and qat ignore them.
+    """
 
     arch: str = "resnet20"
     defense: str = "qat"
-    bits: list = field(default_factory=lambda: [4])
+    bits: list | None = None  # None: the defense's default (DEFAULT_BITS)
     epochs: int = 10
     batch_size: int = 128
     lr: float | None = None  # None: 0.1 from scratch, 0.01 when fine-tuning from --init
@@ -55,14 +62,17 @@ class TrainConfig:
             raise QadtrError(f"unknown defense {self.defense!r}; choose from {', '.join(DEFENSES)}")
         if self.schedule not in SCHEDULES:
             raise QadtrError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+        self.validate_params()
         try:
-            bits = sorted({validate_bits(b) for b in self.bits}, reverse=True)
+            bits = sorted({validate_bits(b) for b in (self.bits or DEFAULT_BITS[self.defense])}, reverse=True)
         except ValueError as e:
             raise QadtrError(str(e)) from None
-        if self.defense == "float":
-            bits = [FLOAT_BITS]
-        elif len(bits) != 1 or bits[0] == FLOAT_BITS:
+        if self.defense in ("float", "pbat"):
+            bits = [FLOAT_BITS]  # pbat trains at full precision; quantize afterwards (calibrate or qat --init)
+        elif self.defense == "qat" and (len(bits) != 1 or bits[0] == FLOAT_BITS):
             raise QadtrError("--defense qat trains one fixed bit-width in 2..8 (e.g. --bits 4)")
+        elif self.defense == "qadtr" and self.gir_lambda > 0 and bits == [FLOAT_BITS]:
+            raise QadtrError("GIR compares two bit-widths: give --bits a quantized width, or --gir-lambda 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise QadtrError("--epochs and --batch-size must be positive")
         lr = self.lr if self.lr is not None else (0.01 if self.init else 0.1)
@@ -117,10 +127,14 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
         raise QadtrError(f"nothing to resume: {ckpt_path} does not exist")
 
     torch.manual_seed(cfg.seed)
+
     def split(name, n):
         return load_dataset(cfg.dataset, name, cfg.data_dir, cfg.download, seed=cfg.seed).subset(n, cfg.seed)
 
     train_data, test_data = split("train", cfg.train_subset), split("test", cfg.eval_subset)
+    image_side = min(train_data.x.shape[1:3])
+    if cfg.defense in ("pbat", "qadtr") and cfg.patch_size_max > image_side:
+        raise QadtrError(f"--patch-size-max {cfg.patch_size_max} does not fit the {image_side}-pixel images")
     num_classes = len(train_data.classes)
     model = create_model(cfg.arch, bits=cfg.model_bits, num_classes=num_classes)
     inputs = {"train_data_sha256": train_data.sha256(), "test_data_sha256": test_data.sha256()}
@@ -143,8 +157,11 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
     # and an optimizer made before would keep stepping the orphaned ones.
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
                                 nesterov=True)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    defense = build_defense(cfg, model, criterion)
     if payload is not None:
         optimizer.load_state_dict(payload["optimizer"])
+        defense.load_state_dict(payload.get("defense_state", {}))
 
     loader = BatchLoader(train_data, cfg.batch_size, shuffle=True, augment=True, seed=cfg.seed, drop_last=True)
     test_loader = BatchLoader(test_data, 256)
@@ -152,13 +169,15 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
     if steps == 0:
         raise QadtrError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train_data)})")
     total, warmup = steps * cfg.epochs, int(cfg.warmup_epochs * steps)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     record = {"config": asdict(cfg), "num_classes": num_classes, "classes": list(train_data.classes),
               "versions": versions(), "inputs": inputs, "seed": cfg.seed}
+    if defense.describe():
+        record["defense"] = defense.describe()
 
     for epoch in range(start_epoch, cfg.epochs):
         loader.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 1000 + epoch)
+        defense.start_epoch(epoch)
         model.train()
         t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
         visits = {str(b): 0 for b in cfg.bits}
@@ -168,13 +187,11 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
             step = epoch * steps + i
             for g in optimizer.param_groups:
                 g["lr"] = cfg.lr * lr_multiplier(step, total, warmup, cfg.schedule)
-            bits = cfg.bits[0]
-            set_bits(model, bits)
+            loss, logits, bits = defense.step(x, y, step)
             visits[str(bits)] += 1
-            logits = model(x)
-            loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            defense.before_optimizer_step(step)
             optimizer.step()
             seen += len(y)
             loss_sum += loss.item() * len(y)
@@ -188,16 +205,19 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
             "test_acc": {str(k): v for k, v in test_acc.items()}, "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": seen / train_time, "train_seconds": train_time,
             "epoch_seconds": time.time() - t0, "bits_visits": visits,
+            **({"defense_stats": stats} if (stats := defense.epoch_stats()) else {}),
         })
         save_checkpoint(ckpt_path, {
             "config": {**asdict(cfg), "model_bits": cfg.model_bits, "num_classes": num_classes},
             "trained_bits": cfg.bits, "classes": list(train_data.classes), "epoch": epoch + 1,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "metrics": history,
-            "versions": versions(),
+            "versions": versions(), **({"defense_state": state} if (state := defense.state_dict()) else {}),
         })
         write_json(out / "metrics.json", {**record, "epochs": history})
         if not quiet:
             accs = "  ".join(f"{b}-bit {a:.2%}" for b, a in test_acc.items())
+            counts = " ".join(f"{b}:{n}" for b, n in visits.items())
+            dbwt = f"  batches per bit-width {counts}" if len(visits) > 1 else ""
             print(f"epoch {epoch + 1}/{cfg.epochs}  loss {loss_sum / seen:.3f}  test {accs}  "
-                  f"{seen / train_time:.0f} img/s", file=sys.stderr)
+                  f"{seen / train_time:.0f} img/s{dbwt}", file=sys.stderr)
     return {**record, "epochs": history, "checkpoint": str(ckpt_path)}

@@ -1,0 +1,63 @@
+"""Parity of an exported model with the PyTorch model it came from, and the refusal thresholds."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from ..errors import QadtrError
+from .onnx_io import INPUT_NAME
+
+MIN_TOP1_AGREEMENT = 0.995
+MAX_ACCURACY_DELTA = 0.003
+
+
+class ParityError(QadtrError):
+    """An exported model disagrees with its PyTorch model beyond the thresholds."""
+
+
+def ort_session(path, threads: int = 1) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def ort_logits(session: ort.InferenceSession, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits for float32 NCHW ``images`` in [0, 1], in batches."""
+    outs = [session.run(None, {INPUT_NAME: np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32)})[0]
+            for i in range(0, len(images), batch_size)]
+    return np.concatenate(outs)
+
+
+def parity(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) -> dict:
+    """|delta logit| statistics, top-1 agreement and accuracy under each."""
+    delta = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    ref_top1, cand_top1 = reference.argmax(1), candidate.argmax(1)
+    return {
+        "images": int(len(labels)),
+        "max_abs_delta_logit": float(delta.max()),
+        "mean_abs_delta_logit": float(delta.mean()),
+        "top1_agreement": float((ref_top1 == cand_top1).mean()),
+        "accuracy_torch": float((ref_top1 == labels).mean()),
+        "accuracy_onnx": float((cand_top1 == labels).mean()),
+    }
+
+
+def parity_ok(result: dict, min_agreement: float = MIN_TOP1_AGREEMENT,
+              max_accuracy_delta: float = MAX_ACCURACY_DELTA) -> bool:
+    acc_delta = abs(result["accuracy_onnx"] - result["accuracy_torch"])
+    return result["top1_agreement"] >= min_agreement and acc_delta <= max_accuracy_delta + 1e-12
+
+
+def check_parity(result: dict, what: str, min_agreement: float = MIN_TOP1_AGREEMENT,
+                 max_accuracy_delta: float = MAX_ACCURACY_DELTA) -> None:
+    """Raise ParityError (one line) when ``result`` is below the thresholds."""
+    agreement = result["top1_agreement"]
+    acc_delta = abs(result["accuracy_onnx"] - result["accuracy_torch"])
+    if not parity_ok(result, min_agreement, max_accuracy_delta):
+        raise ParityError(
+            f"refusing to export {what}: top-1 agreement with PyTorch {agreement:.2%} (need >= {min_agreement:.1%}), "
+            f"accuracy {result['accuracy_onnx']:.2%} vs {result['accuracy_torch']:.2%} "
+            f"(delta {acc_delta * 100:.2f} points, max {max_accuracy_delta * 100:.1f}) "
+            f"on {result['images']} images; nothing was written")

@@ -1,0 +1,75 @@
+"""QCDQ export at every bit-width: ONNX checker, parity with PyTorch, dynamic batch, integer-kernel coverage."""
+import numpy as np
+import onnx
+import pytest
+import qadtr
+import torch
+from brevitas.nn import QuantConv2d, QuantLinear
+from qadtr.export.coverage import integer_coverage
+from qadtr.export.deploy import build_deploy_model
+from qadtr.export.parity import MAX_ACCURACY_DELTA, MIN_TOP1_AGREEMENT, ort_logits, ort_session, parity
+from qadtr.export.pipeline import conv_kernel_candidates, torch_logits
+from qadtr.export.qcdq import export_qcdq
+
+QUANT_BITS = (2, 3, 4, 5, 6, 7, 8)  # also the fixtures' calibrated set
+
+
+@pytest.mark.parametrize("w, a", [(b, b) for b in QUANT_BITS] + [(8, 4), (4, 8), (2, 8)])
+def test_qcdq_export_is_valid_integer_and_matches_pytorch(calibrated_tiny, synthetic_images, tmp_path, w, a):
+    _, model = calibrated_tiny
+    images, labels = synthetic_images
+    path = tmp_path / f"tiny_w{w}a{a}.qcdq.onnx"
+    kernel = conv_kernel_candidates("auto", a)[0]  # the form `qadtr export` tries first
+    export_qcdq(build_deploy_model(model, w, a), path, conv_kernel=kernel)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+    result = parity(torch_logits(model, images, w, a), ort_logits(ort_session(path), images), labels)
+    assert result["top1_agreement"] >= MIN_TOP1_AGREEMENT
+    assert abs(result["accuracy_onnx"] - result["accuracy_torch"]) <= MAX_ACCURACY_DELTA
+
+    coverage = integer_coverage(path)
+    assert coverage["integer_nodes"] == sum(isinstance(m, (QuantConv2d, QuantLinear)) for m in model.modules())
+    assert coverage["float_nodes"] == 0 and coverage["share"] == 1.0
+
+
+def test_exported_model_runs_at_any_batch_size(calibrated_tiny, synthetic_images, tmp_path):
+    _, model = calibrated_tiny
+    images, _ = synthetic_images
+    path = tmp_path / "m.onnx"
+    export_qcdq(build_deploy_model(model, 4), path, conv_kernel="convinteger")
+    session = ort_session(path)
+    whole = ort_logits(session, images, batch_size=len(images))
+    for batch in (1, 3, 17):
+        np.testing.assert_array_equal(ort_logits(session, images, batch_size=batch), whole)
+    assert session.get_inputs()[0].shape[0] == "batch" and session.get_outputs()[0].shape[0] == "batch"
+
+
+def test_deploy_model_folds_bn_without_changing_the_function(calibrated_tiny, synthetic_images):
+    """Folding keeps every weight integer (up to the sign of BN's scale); logits differ only where float
+    rounding tips one activation across a rounding boundary, which is rare and never changes the top-1 here."""
+    _, model = calibrated_tiny
+    x = torch.from_numpy(synthetic_images[0])
+    for w in (8, 4, 2, 32):
+        deploy = build_deploy_model(model, w)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deploy.modules())
+        assert qadtr.get_bits(deploy) == (w, w)
+        with torch.no_grad(), qadtr.bits(model, w):
+            expected = model(x).numpy()
+            if w != 32:
+                bn = model.stem.bn.bns[str(w)]
+                sign = torch.sign(bn.weight).view(-1, 1, 1, 1)
+                assert torch.equal(deploy.stem.conv.quant_weight().int(), model.stem.conv.quant_weight().int() * sign)
+        with torch.no_grad():
+            got = deploy(x).numpy()
+        close_rows = np.isclose(got, expected, atol=1e-4, rtol=1e-4).all(1)
+        assert close_rows.mean() >= 0.95
+        assert (got.argmax(1) == expected.argmax(1)).all()
+    assert qadtr.get_bits(model) == (32, 32)  # the source model is untouched
+
+
+def test_uncalibrated_precision_is_refused(synthetic_images):
+    from qadtr.errors import QadtrError
+
+    model = qadtr.create_model("tiny", bits=(4, 32))
+    with pytest.raises(QadtrError, match="never calibrated"):
+        build_deploy_model(model, 4)

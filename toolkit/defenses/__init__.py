@@ -1,0 +1,30 @@
+"""Training defenses, one module per defense, dispatched by name.
+
+Each defense turns a batch into a training loss (``step``) and owns whatever state it carries
+between batches (a patch pool), which the trainer saves in the checkpoint. Importing this
+package does not import torch; ``build_defense`` loads the defense's module on first use.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .params import DefenseParams, defense_options
+
+# name -> (module, class). float and qat are the plain cross-entropy step of the foundation.
+_REGISTRY = {
+    "float": ("plain", "PlainTraining"),
+    "qat": ("plain", "PlainTraining"),
+    "pbat": ("pbat", "PBAT"),
+    "dwq": ("dwq", "DWQ"),
+    "qadtr": ("qadtr", "QADTR"),
+}
+DEFENSES = tuple(_REGISTRY)
+
+
+def build_defense(cfg, model, criterion):
+    """The defense ``cfg.defense`` for ``model``, trained with ``criterion``."""
+    module, cls = _REGISTRY[cfg.defense]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)(cfg, model, criterion)
+
+
+__all__ = ["DEFENSES", "DefenseParams", "build_defense", "defense_options"]
