@@ -14,6 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 CONV_ATTRIBUTES = ("dilations", "group", "kernel_shape", "pads", "strides", "auto_pad")
+WEIGHT_ZERO_POINT = 128
 
 
 def _remove_dead(graph: onnx.GraphProto) -> None:
@@ -59,14 +60,19 @@ def convs_to_conv_integer(model: onnx.ModelProto, select=None) -> tuple[onnx.Mod
             continue
         channels = w_int.shape[0]
         prefix = conv.name or conv.output[0]
-        for name, value in ((f"{prefix}_weight_int8", w_int),
+        # Weights as uint8 with zero-point 128: the same integers (w + 128 - 128), but ORT's ConvInteger has
+        # a fast u8u8 path and a slow s8 one (measured 7x on a 32-channel 3x3 conv).
+        w_uint8 = (w_int.astype(np.int16) + WEIGHT_ZERO_POINT).astype(np.uint8)
+        for name, value in ((f"{prefix}_weight_uint8", w_uint8),
+                            (f"{prefix}_weight_zero_point", np.array(WEIGHT_ZERO_POINT, dtype=np.uint8)),
                             (f"{prefix}_accumulator_scale", (s_in * s_w).reshape(1, channels, 1, 1)),
                             (f"{prefix}_bias", bias.reshape(1, channels, 1, 1))):
             graph.initializer.append(numpy_helper.from_array(value, name))
         attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute if a.name in CONV_ATTRIBUTES}
-        x_inputs = [dq_x.input[0]] + ([dq_x.input[2]] if len(dq_x.input) > 2 else [])
+        x_zero_point = dq_x.input[2] if len(dq_x.input) > 2 else ""
         nodes = [
-            helper.make_node("ConvInteger", [x_inputs[0], f"{prefix}_weight_int8", *x_inputs[1:]],
+            helper.make_node("ConvInteger", [dq_x.input[0], f"{prefix}_weight_uint8", x_zero_point,
+                                             f"{prefix}_weight_zero_point"],
                              [f"{prefix}_int32"], name=f"{prefix}_integer", **attrs),
             helper.make_node("Cast", [f"{prefix}_int32"], [f"{prefix}_float"], name=f"{prefix}_cast",
                              to=onnx.TensorProto.FLOAT),

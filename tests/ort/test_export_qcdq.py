@@ -73,3 +73,19 @@ def test_uncalibrated_precision_is_refused(synthetic_images):
     model = qadtr.create_model("tiny", bits=(4, 32))
     with pytest.raises(QadtrError, match="never calibrated"):
         build_deploy_model(model, 4)
+
+
+def test_auto_kernel_falls_back_to_conv_integer_when_qlinearconv_parity_fails(calibrated_tiny, synthetic_images,
+                                                                              tmp_path, monkeypatch):
+    from qadtr.export import pipeline
+
+    _, model = calibrated_tiny
+    images, labels = synthetic_images
+    monkeypatch.setattr(pipeline, "parity_ok", lambda result: False)  # QLinearConv "fails" at W8A8
+    manifest = pipeline.export_model(model, [(8, 8)], ["qcdq"], tmp_path / "o", images, labels,
+                                     [str(i) for i in range(10)])
+    entry = manifest["models"][0]
+    assert entry["conv_kernel"] == "convinteger" and entry["conv_integer_nodes"] > 0
+    assert [r["conv_kernel"] for r in entry["rejected_conv_kernels"]] == ["qlinearconv"]
+    assert entry["integer_kernel_coverage"]["share"] == 1.0
+    assert pipeline.conv_kernel_candidates("auto", 4) == ["convinteger"]
