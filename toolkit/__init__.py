@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 
 # brevitas imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on CPU-only
 # machines. It is noise on every CLI call and breaks the one-line error contract, so hush it.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+# brevitas.graph warns that an optional CUDA-only package is missing; it changes nothing here.
+warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
 
 __version__ = "0.1.0"
 

@@ -11,17 +11,12 @@ import sys
 import click
 
 from . import __version__
-from .cli_util import emit, format_table, json_options, parse_bits
+from .cli_util import CONTEXT, data_dir_option, dataset_option, emit, format_table, json_options, parse_bits
+from .cli_util import seed_option as _seed_option
 from .defenses import DEFENSES, defense_options
 from .errors import QadtrError
 
-CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-                               help="Data folder; defaults to $QADTR_DATA_DIR.")
-dataset_option = click.option("--dataset", default="cifar10",
-                              type=click.Choice(["cifar10", "imagefolder", "npz", "synthetic"]))
-seed_option = click.option("--seed", default=0, type=int, help="Random seed.")
+seed_option = _seed_option()
 
 
 @click.group(context_settings=CONTEXT)

@@ -8,17 +8,11 @@ from pathlib import Path
 
 import click
 
-from .cli_util import emit, format_table, json_options, parse_bits
+from .cli_util import CONTEXT, data_dir_option, dataset_option, emit, format_table, json_options, parse_bits
+from .cli_util import seed_option as _seed_option
 from .errors import QadtrError
 
-CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-# The same options as the commands in cli.py (defined again: importing cli.py from here would be circular).
-data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-                               help="Data folder; defaults to $QADTR_DATA_DIR.")
-dataset_option = click.option("--dataset", default="cifar10",
-                              type=click.Choice(["cifar10", "imagefolder", "npz", "synthetic"]))
-seed_option = click.option("--seed", default=0, type=int, help="Random seed (patch init, batches, placements).")
+seed_option = _seed_option("Random seed (patch init, batches, placements).")
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
 device_option = click.option("--device", default="cpu", help="torch device for the model, e.g. cuda.")
 

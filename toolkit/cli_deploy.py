@@ -10,10 +10,8 @@ from contextlib import contextmanager
 
 import click
 
-from .cli_util import emit, format_table, json_options
+from .cli_util import CONTEXT, emit, format_table, json_options
 from .errors import QadtrError
-
-CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def parse_int_list(text: str, what: str, minimum: int) -> list[int]:

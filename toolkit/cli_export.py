@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import click
 
-from .cli import CONTEXT, data_dir_option, dataset_option, seed_option
-from .cli_util import emit, format_table, json_options, parse_bits
+from .cli_util import CONTEXT, data_dir_option, dataset_option, emit, format_table, json_options, parse_bits
+from .cli_util import seed_option as _seed_option
 from .errors import QadtrError
+
+seed_option = _seed_option()
 
 
 @click.command("export", context_settings=CONTEXT)

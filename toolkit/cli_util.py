@@ -44,3 +44,15 @@ def emit(result: dict, table: str, out: str | None, as_json: bool) -> None:
 def json_options(f):
     f = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")(f)
     return f
+
+
+# Shared by every command module, so options read the same everywhere.
+CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"], "max_content_width": 100}
+DATASET_CHOICES = ["cifar10", "imagefolder", "npz", "synthetic"]
+data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                               help="Data folder; defaults to $QADTR_DATA_DIR.")
+dataset_option = click.option("--dataset", default="cifar10", type=click.Choice(DATASET_CHOICES))
+
+
+def seed_option(help_text: str = "Random seed."):
+    return click.option("--seed", default=0, type=int, help=help_text)
