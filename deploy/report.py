@@ -27,10 +27,12 @@ from . import plots
 MAX_JSON_BYTES = 50 * 2**20
 
 CAVEATS = [
-    "On ONNX Runtime's CPU provider, 2- and 4-bit models run the same int8 kernels (QLinearConv, QGemm) as 8-bit "
-    "ones: values are only restricted to fewer levels, so W4A4 and W2A2 are not faster than W8A8 there, and no "
-    "speed-up is expected. What lower bit-widths buy is packed weight size (and memory traffic) on FINN-style "
-    "hardware that stores weights at their true bit-width, and the robustness measured in the transfer matrix.",
+    "ONNX Runtime's CPU provider has no kernels below 8 bits: 2- and 4-bit models run 8-bit integer ops "
+    "whose values are restricted to fewer levels, so W4A4 and W2A2 cannot be faster than W8A8 there: expect "
+    "no speed-up. qadtr's exports below 8-bit activations use ConvInteger plus a float rescale (exact "
+    "parity; QLinearConv's int32 bias rounding is not), which is slower still. What lower bit-widths buy is "
+    "packed weight size (and memory traffic) on FINN-style hardware that stores weights at their true "
+    "bit-width, and the robustness measured in the transfer matrix.",
     "ASR counts originally-correct images only (denominator: images the model gets right without the patch). The "
     "random-noise control is the same-size patch filled with uniform noise at the same seeded places: the gap "
     "between a patch and its control is what the attack adds over plain occlusion.",
