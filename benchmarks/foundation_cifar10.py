@@ -43,7 +43,8 @@ def run_ptq(float_ckpt: Path, bits, out: Path, data_dir, seed: int) -> dict:
     payload = load_checkpoint(float_ckpt)
     model = model_from_checkpoint(payload, bits=sorted(set(bits) | {32}))
     train_set = load_dataset("cifar10", "train", data_dir)
-    calibrate(model, BatchLoader(train_set, 128, shuffle=True, seed=seed), bits, num_batches=8)
+    # Augmented like training: the float BN statistics were accumulated over augmented batches.
+    calibrate(model, BatchLoader(train_set, 128, shuffle=True, augment=True, seed=seed), bits, num_batches=8)
     seconds = time.time() - t0
     save_checkpoint(out, {"config": {**payload["config"], "model_bits": sorted(set(bits) | {32}),
                                      "defense": "ptq(float)"},

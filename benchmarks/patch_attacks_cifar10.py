@@ -3,7 +3,9 @@
 Crafts 6x6 patches at 32, 8, 4 and 2 bits, an A-QAPA 6x6 patch across {32, 8, 4, 2} with the same step budget,
 an 8x8 patch from 4 bits and a 10x10 patch from 2 bits; scores every patch at every bit-width with its
 random-noise control (the transfer matrix); computes the gradient-alignment table; and reports each patch's
-worst-case ASR over the bit-widths (the A-QAPA acceptance check). Resumable: a patch already on disk is reused.
+worst-case ASR over the bit-widths (the A-QAPA acceptance check). Resumable: a patch already on disk is reused
+when it was crafted with the same size, bit-widths, steps and seed on the same checkpoint. The crafting and scoring
+are `qadtr.attacks.protocol.craft_plan`/`score_plan`, shared with `qadtr robustness`.
 
     QADTR_DATA_DIR=../shared/data/cifar10 python benchmarks/patch_attacks_cifar10.py runs/ptq.pt --out runs/patches
 
@@ -16,21 +18,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from qadtr.attacks import PatchAttack, QuantAwarePatchAttack
-from qadtr.attacks.analysis import gradient_alignment, score_patches
+from qadtr.attacks.analysis import gradient_alignment
+from qadtr.attacks.protocol import PatchSpec, craft_plan, score_plan
 from qadtr.checkpoint import load_checkpoint, model_from_checkpoint
 from qadtr.data.arrays import load_dataset
 from qadtr.io import sha256_file, versions, write_json, write_text
-from qadtr.patchfile import load_patch, save_patch
 from qadtr.transfer import matrix_markdown, to_float_nchw
 
 BITS = [32, 8, 4, 2]
-# name -> (size, crafting bits, A-QAPA?)
-PLAN = {"p6_b32": (6, [32], False), "p6_b8": (6, [8], False), "p6_b4": (6, [4], False), "p6_b2": (6, [2], False),
-        "aqapa6": (6, BITS, True), "p8_b4": (8, [4], False), "p10_b2": (10, [2], False)}
+# Single-bit 6x6 patches at every bit-width, A-QAPA with the same step budget, and the unseen sizes.
+PLAN = [*(PatchSpec(f"p6_b{b}", "single-bit", 6, (b,)) for b in BITS),
+        PatchSpec("aqapa6", "A-QAPA", 6, tuple(BITS), quant_aware=True),
+        PatchSpec("p8_b4", "single-bit", 8, (4,)), PatchSpec("p10_b2", "single-bit", 10, (2,))]
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("ckpt")
     ap.add_argument("--out", required=True)
@@ -43,7 +45,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     out = Path(args.out)
     torch.manual_seed(args.seed)
     payload = load_checkpoint(args.ckpt)
@@ -52,31 +54,18 @@ def main() -> None:
     test = load_dataset(args.dataset, "test", args.data_dir, seed=args.seed).subset(args.n, args.seed)
     images, labels = to_float_nchw(test.x), test.y
 
-    patches, crafting = {}, {}
-    for name, (size, bits, quant_aware) in PLAN.items():
-        path = out / f"{name}.npy"
-        if path.is_file():
-            patches[name], meta = load_patch(path)
-            crafting[name] = (meta or {}).get("crafting", {})
-            continue
-        common = {"size": size, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                  "progress": True}
-        attack = QuantAwarePatchAttack(bits=bits, **common) if quant_aware else PatchAttack(bits=bits[0], **common)
-        patches[name] = attack.generate(model, train)
-        crafting[name] = {"attack": type(attack).__name__, "source_bits": bits, "craft_s": attack.elapsed_s,
-                          "steps_per_s": args.steps / attack.elapsed_s}
-        if quant_aware:
-            crafting[name]["bit_counts"] = {str(b): c for b, c in attack.bit_counts.items()}
-        save_patch(out, patches[name], {"size": size, "shape": "square", "area_percent": attack.area_percent(),
-                                        "source_checkpoint": args.ckpt, "source_checkpoint_sha256":
-                                        sha256_file(args.ckpt), "source_bits": bits, "steps": args.steps,
-                                        "seed": args.seed, "target": None, "crafting": crafting[name],
-                                        "versions": versions()}, name)
-        print(f"{name}: {crafting[name]['steps_per_s']:.2f} steps/s", flush=True)
-
-    matrix = score_patches(model, patches, images, labels, BITS, seed=args.seed)
-    by = {(c["patch"], c["target"]): c for c in matrix["cells"]}
-    worst = {p: min(by[p, str(b)]["patch_metrics"]["asr"] for b in BITS) for p in patches}
+    # Resumable: craft_plan reuses a patch already in OUT that was crafted the same way on this checkpoint.
+    patches, crafting = craft_plan(model, train, PLAN, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                   seed=args.seed, out_dir=out, reuse=True, progress=True,
+                                   metadata={"source_checkpoint": args.ckpt,
+                                             "source_checkpoint_sha256": sha256_file(args.ckpt),
+                                             "versions": versions()},
+                                   log=lambda line: print(line, flush=True))
+    scored = score_plan(model, patches, images, labels, BITS, seed=args.seed)
+    matrix = scored["transfer"]
+    # NaN (no originally-correct image at any bit-width) fails the finiteness check at the end.
+    worst = {p: float("nan") if v["worst_case_asr"] is None else v["worst_case_asr"]
+             for p, v in scored["per_patch"].items()}
     align = gradient_alignment(model, images[:args.n_align], labels[:args.n_align], BITS)
     result = {"checkpoint": args.ckpt, "checkpoint_sha256": sha256_file(args.ckpt), "steps": args.steps,
               "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "test_data_sha256": test.sha256(),

@@ -125,13 +125,16 @@ def eval_cmd(ckpt, bits, n, batch_size, dataset, data_dir, seed, out, as_json):
 @click.option("--bits", default="8,4,2", help="Bit-widths to calibrate (2..8).")
 @click.option("--num-batches", default=8, type=int, help="Calibration batches from the training set.")
 @click.option("--batch-size", default=128, type=int)
+@click.option("--augment/--no-augment", default=True,
+              help="Augment calibration batches as in training (crop and flip). The float BN statistics were "
+                   "accumulated over augmented batches; re-estimating them from plain images costs accuracy.")
 @click.option("--eval-n", default=None, type=int, help="Report accuracy on N test images (default: all).")
 @dataset_option
 @data_dir_option
 @seed_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Calibrated checkpoint to write.")
 @json_options
-def calibrate_cmd(float_ckpt, bits, num_batches, batch_size, eval_n, dataset, data_dir, seed, out, as_json):
+def calibrate_cmd(float_ckpt, bits, num_batches, batch_size, augment, eval_n, dataset, data_dir, seed, out, as_json):
     """Post-training quantization: thresholds and BN statistics from data, no training."""
     import torch
 
@@ -149,14 +152,15 @@ def calibrate_cmd(float_ckpt, bits, num_batches, batch_size, eval_n, dataset, da
     model = model_from_checkpoint(payload, bits=model_bits)
     train = load_dataset(dataset, "train", data_dir, seed=seed)
     test = load_dataset(dataset, "test", data_dir, seed=seed).subset(eval_n, seed)
-    calibrate(model, BatchLoader(train, batch_size, shuffle=True, seed=seed), bit_list, num_batches=num_batches)
+    calibrate(model, BatchLoader(train, batch_size, shuffle=True, augment=augment, seed=seed), bit_list,
+              num_batches=num_batches)
     config = {**payload["config"], "model_bits": model_bits, "defense": f"ptq({payload['config']['defense']})"}
     trained = sorted(set(payload["trained_bits"]) | set(bit_list))
     save_checkpoint(out, {"config": config, "trained_bits": trained, "classes": payload.get("classes"),
                           "epoch": payload.get("epoch", 0), "model": model.state_dict(),
                           "metrics": payload.get("metrics", []), "versions": versions(),
                           "calibration": {"bits": bit_list, "num_batches": num_batches, "batch_size": batch_size,
-                                          "seed": seed, "source_sha256": sha256_file(float_ckpt)}})
+                                          "augment": augment, "seed": seed, "source_sha256": sha256_file(float_ckpt)}})
     acc = accuracy_per_bits(model, BatchLoader(test, 256), sorted(trained, reverse=True))
     result = {"checkpoint": str(out), "source": str(float_ckpt), "source_sha256": sha256_file(float_ckpt),
               "accuracy": {str(b): a for b, a in acc.items()}, "images": len(test), "seed": seed,
@@ -166,11 +170,11 @@ def calibrate_cmd(float_ckpt, bits, num_batches, batch_size, eval_n, dataset, da
 
 # Commands that live in their own modules (one job each). cli_deploy imports no torch, so
 # `qadtr check`/`bench`/`report` run on a device with only the core install.
-from .cli_attack import analyze_cmd, attack_cmd, transfer_cmd  # noqa: E402
+from .cli_attack import analyze_cmd, attack_cmd, robustness_cmd, transfer_cmd  # noqa: E402
 from .cli_deploy import bench_cmd, check_cmd, report_cmd  # noqa: E402
 from .cli_export import export_cmd  # noqa: E402
 
-for _command in (attack_cmd, transfer_cmd, analyze_cmd, export_cmd, check_cmd, bench_cmd, report_cmd):
+for _command in (attack_cmd, transfer_cmd, analyze_cmd, robustness_cmd, export_cmd, check_cmd, bench_cmd, report_cmd):
     cli.add_command(_command)
 
 

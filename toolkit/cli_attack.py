@@ -1,4 +1,4 @@
-"""``qadtr attack``, ``qadtr transfer`` and ``qadtr analyze``: thin wrappers over :mod:`qadtr.attacks`.
+"""``qadtr attack``, ``transfer``, ``analyze`` and ``robustness``: thin wrappers over :mod:`qadtr.attacks`.
 
 Torch is imported inside the commands, so ``qadtr --help`` stays torch-free.
 """
@@ -345,3 +345,105 @@ def analyze_cmd(ckpt, gradient_alignment, spatial, sizes, bits, patch_file, stri
               *(f"{r['asr'][b]:.1%} ({r['control_asr'][b]:.1%})" for b in cols)] for r in sweep["rows"]]))
     result["files"]["json"] = str(out / "analyze.json")
     emit(result, "\n\n".join(tables), str(out / "analyze.json"), as_json)
+
+
+def _parse_unseen(text: str) -> list[tuple[int, int]]:
+    """'8:4,10:2' -> [(8, 4), (10, 2)] (size, source bits); '' or 'none' -> no unseen patches."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    pairs = []
+    for item in text.replace(" ", "").split(","):
+        size, sep, source = item.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            pairs.append((int(size), parse_bits(source)[0]))
+        except ValueError:
+            raise QadtrError(f"--unseen must be SIZE:SOURCE_BITS pairs such as 8:4,10:2, got {text!r}") from None
+    return pairs
+
+
+@click.command("robustness", context_settings=CONTEXT)
+@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.option("--bits", default="32,8,4,2", help="Target bit-widths: clean accuracy and ASR at each.")
+@click.option("--n", "n", default=2000, type=int, help="Seeded subset of N test images to score on.")
+@click.option("--steps", default=500, type=int, help="Crafting steps per patch (one batch each).")
+@click.option("--seen-size", default=6, type=int, help="Side of the seen patch, in pixels.")
+@click.option("--seen-source", default="32", help="Bit-width the seen patch is crafted at (32 = float).")
+@click.option("--unseen", default="8:4,10:2",
+              help="Unseen patches as SIZE:SOURCE_BITS pairs; 'none' for none. A pair whose source bit-width is "
+                   "not in the checkpoint's set is skipped with a note.")
+@click.option("--adaptive-size", default=6, type=int, help="Side of the adaptive (A-QAPA) patch, in pixels.")
+@click.option("--adaptive-bits", default="all",
+              help="Bit-widths A-QAPA crafts the adaptive patch over; 'all' = every bit-width of the checkpoint.")
+@click.option("--lr", default=0.05, type=float, help="Adam learning rate for crafting.")
+@click.option("--batch-size", default=128, type=int, help="Crafting batch size.")
+@click.option("--train-n", default=None, type=int, help="Craft on a seeded subset of N training images "
+                                                        "(default: the whole training set).")
+@dataset_option
+@data_dir_option
+@seed_option
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Writes OUT/robustness.json, robustness.md and one patch .npy/.png/.json per configuration.")
+@click.option("--resume", is_flag=True, help="Reuse patches in OUT crafted with the same settings and checkpoint.")
+@device_option
+@quiet_option
+@json_options
+def robustness_cmd(ckpt, bits, n, steps, seen_size, seen_source, unseen, adaptive_size, adaptive_bits, lr, batch_size,
+                   train_n, dataset, data_dir, seed, out, resume, device, quiet, as_json):
+    """The paper's evaluation protocol on CKPT: clean accuracy per bit-width, then the ASR (with random-noise
+    control) at every bit-width of a seen patch (crafted on the float model), unseen patches (8x8 from 4 bits,
+    10x10 from 2 bits) and an adaptive A-QAPA patch crafted on CKPT itself over all its bit-widths."""
+    import torch
+
+    from .attacks.protocol import check_plan, paper_plan, robustness, robustness_markdown, robustness_rows
+    from .data.arrays import load_dataset
+    from .io import versions, write_json, write_text
+
+    if steps < 1:
+        raise QadtrError(f"--steps must be at least 1, got {steps}")
+    if n < 1:
+        raise QadtrError(f"--n must be at least 1, got {n}")
+    if batch_size < 1:
+        raise QadtrError(f"--batch-size must be at least 1, got {batch_size}")
+    bit_list = parse_bits(bits)
+    plan = {"seen_size": seen_size, "seen_source": parse_bits(seen_source)[0], "unseen": _parse_unseen(unseen),
+            "adaptive_size": adaptive_size,
+            "adaptive_bits": None if adaptive_bits.strip().lower() == "all" else parse_bits(adaptive_bits)}
+    torch.manual_seed(seed)
+    payload, model, ckpt_sha = _load_model(ckpt, bit_list, device)
+    if plan["adaptive_bits"]:
+        _load_model(ckpt, plan["adaptive_bits"], device)     # same one-line error for a bit-width not in the set
+    images, _, test = _test_set(dataset, data_dir, n, seed)
+    specs, skipped = paper_plan(model.bit_choices, **plan)
+    check_plan(specs, images.shape[2:])                        # bad sizes fail before any crafting
+    train = load_dataset(dataset, "train", data_dir, seed=seed).subset(train_n, seed)
+    bars = []
+
+    def update(count):      # the scoring bar opens when scoring starts, not under the crafting bars
+        if not bars:
+            bars.append(_progress(len(images) * len(bit_list) * (1 + 2 * len(specs)), "scoring", quiet)[0])
+        bars[0].update(count)
+
+    try:
+        result = robustness(model, train, test, bit_list, specs=specs, steps=steps, batch_size=batch_size, lr=lr,
+                            seed=seed, out_dir=out, reuse=resume, progress=not quiet, score_progress=update,
+                            metadata={"source_checkpoint": str(ckpt), "source_checkpoint_sha256": ckpt_sha,
+                                      "arch": payload["config"]["arch"], "versions": versions()})
+    finally:
+        for bar in bars:
+            bar.close()
+    result["skipped"] = skipped
+    result["config"].update({"n": n, "dataset": dataset, "train_n": train_n, "device": str(device), **{
+        k: v for k, v in plan.items() if k != "unseen"}, "unseen": [list(p) for p in plan["unseen"]]})
+    out = Path(out)
+    result = {"checkpoint": str(ckpt), "checkpoint_sha256": ckpt_sha, "arch": payload["config"]["arch"], **result,
+              "versions": versions(),
+              "files": {"json": str(out / "robustness.json"), "markdown": str(out / "robustness.md"),
+                        "patches": {name: p["crafting"].get("files", {}).get("npy", str(out / f"{name}.npy"))
+                                    for name, p in result["patches"].items()}}}
+    write_text(out / "robustness.md", robustness_markdown(result, f"Robustness of `{ckpt}`"))
+    write_json(out / "robustness.json", result)
+    table = format_table(*robustness_rows(result))
+    notes = "".join(f"\nnote: {s}" for s in skipped)
+    emit(result, f"{table}{notes}\nwrote {out / 'robustness.json'}", None, as_json)

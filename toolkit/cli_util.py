@@ -51,7 +51,8 @@ CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"], "max_con
 DATASET_CHOICES = ["cifar10", "imagefolder", "npz", "synthetic"]
 data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                                help="Data folder; defaults to $QADTR_DATA_DIR.")
-dataset_option = click.option("--dataset", default="cifar10", type=click.Choice(DATASET_CHOICES))
+dataset_option = click.option("--dataset", default="cifar10", type=click.Choice(DATASET_CHOICES),
+                              help="Data layout (see README); synthetic is a generated toy set for tests.")
 
 
 def seed_option(help_text: str = "Random seed."):
