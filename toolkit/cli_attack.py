@@ -412,8 +412,12 @@ def robustness_cmd(ckpt, bits, n, steps, seen_size, seen_source, unseen, adaptiv
             "adaptive_bits": None if adaptive_bits.strip().lower() == "all" else parse_bits(adaptive_bits)}
     torch.manual_seed(seed)
     payload, model, ckpt_sha = _load_model(ckpt, bit_list, device)
-    if plan["adaptive_bits"]:
-        _load_model(ckpt, plan["adaptive_bits"], device)     # same one-line error for a bit-width not in the set
+    # A missing source of a seen/unseen patch is skipped with a note, but --adaptive-bits names the set to
+    # attack over: silently dropping one would weaken the adaptive attack, so it is an error.
+    missing = [b for b in plan["adaptive_bits"] or [] if b not in model.bit_choices]
+    if missing:
+        raise QadtrError(f"--adaptive-bits: bit-width {missing[0]} is not in this checkpoint's set "
+                         f"{sorted(model.bit_choices)}")
     images, _, test = _test_set(dataset, data_dir, n, seed)
     specs, skipped = paper_plan(model.bit_choices, **plan)
     check_plan(specs, images.shape[2:])                        # bad sizes fail before any crafting
