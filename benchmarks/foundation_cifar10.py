@@ -81,6 +81,7 @@ def main():
     p.add_argument("--runs", default="runs/foundation", type=Path)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--float-epochs", type=int, default=10)
+    p.add_argument("--float-warmup-epochs", type=float, default=0.5)
     p.add_argument("--qat-epochs", default="8:4,4:8,2:10",
                    help="QAT epochs: one number for every bit-width, or bits:epochs pairs (at most 10 each).")
     p.add_argument("--qat-bits", default="8,4,2")
@@ -98,7 +99,8 @@ def main():
         write_json(args.runs / "foundation.json", results)
         write_text(args.runs / "foundation.md", markdown(results))
 
-    float_cfg = TrainConfig(arch="resnet20", defense="float", epochs=args.float_epochs, warmup_epochs=0.5,
+    float_cfg = TrainConfig(arch="resnet20", defense="float", epochs=args.float_epochs,
+                            warmup_epochs=args.float_warmup_epochs,
                             data_dir=args.data_dir, seed=args.seed)
     float_dir = args.runs / "float"
     if "float" in stages:
