@@ -1,4 +1,5 @@
-"""Issue 3's measurements on one multi-bit checkpoint (e.g. the PTQ ResNet-20 with bits {32, 8, 4, 2}).
+"""Issue 3's measurements on one multi-bit checkpoint (e.g. the PTQ ResNet-20 with bits {32, 8, 4, 2}), or on a
+precision family of separately trained checkpoints, ``32=float.pt,8=qat8.pt,4=qat4.pt,2=qat2.pt``.
 
 Crafts 6x6 patches at 32, 8, 4 and 2 bits, an A-QAPA 6x6 patch across {32, 8, 4, 2} with the same step budget,
 an 8x8 patch from 4 bits and a 10x10 patch from 2 bits; scores every patch at every bit-width with its
@@ -20,9 +21,9 @@ import numpy as np
 import torch
 from qadtr.attacks.analysis import gradient_alignment
 from qadtr.attacks.protocol import PatchSpec, craft_plan, score_plan
-from qadtr.checkpoint import load_checkpoint, model_from_checkpoint
 from qadtr.data.arrays import load_dataset
-from qadtr.io import sha256_file, versions, write_json, write_text
+from qadtr.family import load_model_or_family
+from qadtr.io import versions, write_json, write_text
 from qadtr.transfer import matrix_markdown, to_float_nchw
 
 BITS = [32, 8, 4, 2]
@@ -48,8 +49,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     out = Path(args.out)
     torch.manual_seed(args.seed)
-    payload = load_checkpoint(args.ckpt)
-    model = model_from_checkpoint(payload).to(args.device)
+    _, model, ckpt_sha = load_model_or_family(args.ckpt)
+    model = model.to(args.device)
     train = load_dataset(args.dataset, "train", args.data_dir, seed=args.seed)
     test = load_dataset(args.dataset, "test", args.data_dir, seed=args.seed).subset(args.n, args.seed)
     images, labels = to_float_nchw(test.x), test.y
@@ -58,7 +59,7 @@ def main(argv=None) -> None:
     patches, crafting = craft_plan(model, train, PLAN, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                    seed=args.seed, out_dir=out, reuse=True, progress=True,
                                    metadata={"source_checkpoint": args.ckpt,
-                                             "source_checkpoint_sha256": sha256_file(args.ckpt),
+                                             "source_checkpoint_sha256": ckpt_sha,
                                              "versions": versions()},
                                    log=lambda line: print(line, flush=True))
     scored = score_plan(model, patches, images, labels, BITS, seed=args.seed)
@@ -67,7 +68,7 @@ def main(argv=None) -> None:
     worst = {p: float("nan") if v["worst_case_asr"] is None else v["worst_case_asr"]
              for p, v in scored["per_patch"].items()}
     align = gradient_alignment(model, images[:args.n_align], labels[:args.n_align], BITS)
-    result = {"checkpoint": args.ckpt, "checkpoint_sha256": sha256_file(args.ckpt), "steps": args.steps,
+    result = {"checkpoint": args.ckpt, "checkpoint_sha256": ckpt_sha, "steps": args.steps,
               "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "test_data_sha256": test.sha256(),
               "crafting": crafting, "transfer": matrix, "worst_case_asr": worst, "gradient_alignment": align,
               "versions": versions()}

@@ -18,11 +18,14 @@ device_option = click.option("--device", default="cpu", help="torch device for t
 
 
 def _load_model(ckpt, bit_list, device="cpu"):
-    """The checkpoint's model on ``device``, after checking every requested bit-width is in its set."""
+    """The checkpoint's model on ``device``, after checking every requested bit-width is in its set.
+
+    ``ckpt`` may also be a precision family, ``32=float.pt,8=qat8.pt,...``: separately trained
+    networks, one per bit-width (:class:`qadtr.family.PrecisionFamily`).
+    """
     import torch
 
-    from .checkpoint import load_checkpoint, model_from_checkpoint
-    from .io import sha256_file
+    from .family import load_model_or_family
 
     try:
         device = torch.device(device)
@@ -30,12 +33,11 @@ def _load_model(ckpt, bit_list, device="cpu"):
         raise QadtrError(f"unknown torch device {device!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise QadtrError(f"device {device} requested but CUDA is not available")
-    payload = load_checkpoint(ckpt)
-    model = model_from_checkpoint(payload)
+    payload, model, sha = load_model_or_family(ckpt)
     missing = [b for b in bit_list if b not in model.bit_choices]
     if missing:
         raise QadtrError(f"bit-width {missing[0]} is not in this checkpoint's set {sorted(model.bit_choices)}")
-    return payload, model.to(device), sha256_file(ckpt)
+    return payload, model.to(device), sha
 
 
 def _test_set(dataset, data_dir, n, seed):
@@ -74,7 +76,7 @@ METRIC_HEADERS = ["patch", "bits", "clean acc", "ASR", "control ASR", "robust ac
 
 
 @click.command("attack", context_settings=CONTEXT)
-@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.argument("ckpt", type=click.Path(dir_okay=False), metavar="CKPT|BITS=CKPT,...")
 @click.option("--bits", default="32", help="Bit-width to craft at (ignored with --quant-aware).")
 @click.option("--size", default=6, type=int, help="Patch side in pixels.")
 @click.option("--shape", default="square", type=click.Choice(["square", "circle"]))
@@ -176,7 +178,7 @@ def _patch_names(paths):
 
 
 @click.command("transfer", context_settings=CONTEXT)
-@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.argument("ckpt", type=click.Path(dir_okay=False), metavar="CKPT|BITS=CKPT,...")
 @click.argument("more_patches", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--patches", multiple=True, type=click.Path(dir_okay=False),
               help="Patch .npy files (list them after --patches, or repeat the option).")
@@ -242,7 +244,7 @@ def transfer_cmd(ckpt, more_patches, patches, target_bits, n, batch_size, datase
 
 
 @click.command("analyze", context_settings=CONTEXT)
-@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.argument("ckpt", type=click.Path(dir_okay=False), metavar="CKPT|BITS=CKPT,...")
 @click.option("--gradient-alignment", is_flag=True, help="Cosine similarity of input gradients between --bits.")
 @click.option("--spatial", is_flag=True, help="ASR of --patch against its location, one heatmap per --bits.")
 @click.option("--sizes", default=None, help="Patch visibility: craft one patch per size, e.g. 2,4,6,8,10.")
@@ -364,7 +366,7 @@ def _parse_unseen(text: str) -> list[tuple[int, int]]:
 
 
 @click.command("robustness", context_settings=CONTEXT)
-@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.argument("ckpt", type=click.Path(dir_okay=False), metavar="CKPT|BITS=CKPT,...")
 @click.option("--bits", default="32,8,4,2", help="Target bit-widths: clean accuracy and ASR at each.")
 @click.option("--n", "n", default=2000, type=int, help="Seeded subset of N test images to score on.")
 @click.option("--steps", default=500, type=int, help="Crafting steps per patch (one batch each).")

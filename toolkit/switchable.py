@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from brevitas.proxy.quant_proxy import QuantProxyFromInjector
 from torch import nn
 
+from .family import PrecisionFamily
 from .quant import FLOAT_BITS, SwitchableBitWidth, SwitchableThreshold, validate_bits
 
 
@@ -53,6 +54,8 @@ def set_bits(model: nn.Module, w: int, a: int | None = None) -> nn.Module:
     because the fixed 8-bit input/first/last quantizers cannot be half on.
     BatchNorm follows ``w``.
     """
+    if isinstance(model, PrecisionFamily):  # separately trained networks: one member serves the pair
+        return model.switch(validate_bits(w), None if a is None else validate_bits(a))
     a = w if a is None else a
     w, a = validate_bits(w), validate_bits(a)
     choices = bit_choices(model)
