@@ -516,16 +516,21 @@ def build_doc(folder: str | Path) -> tuple[Doc, int]:
     return doc, used
 
 
-def build_report(folder: str | Path, out: str | Path | None = None) -> dict:
-    """Write the HTML report (default ``folder/report.html``) and its Markdown twin beside it."""
-    folder = Path(folder)
-    html_path = Path(out) if out else folder / "report.html"
+def write_doc(doc: Doc, html_path: str | Path) -> dict:
+    """Write ``doc`` as HTML to ``html_path`` and as Markdown beside it (PNGs in ``<stem>_files/``)."""
+    html_path = Path(html_path)
     md_path = html_path.with_suffix(".md")
     assets = f"{md_path.stem}_files"
-    doc, used = build_doc(folder)
     write_text(html_path, doc.html())
     md, files = doc.markdown(assets)
     for name, png in files.items():
         plots.save_png(md_path.parent / assets / name, png)
     write_text(md_path, md + "\n")
-    return {"html": str(html_path), "markdown": str(md_path), "artifacts": used}
+    return {"html": str(html_path), "markdown": str(md_path)}
+
+
+def build_report(folder: str | Path, out: str | Path | None = None) -> dict:
+    """Write the HTML report (default ``folder/report.html``) and its Markdown twin beside it."""
+    folder = Path(folder)
+    doc, used = build_doc(folder)
+    return {**write_doc(doc, Path(out) if out else folder / "report.html"), "artifacts": used}
