@@ -6,6 +6,7 @@ leaves nothing behind.
 """
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -65,10 +66,17 @@ def validate_precisions(model, pairs) -> None:
 
 
 @torch.no_grad()
-def torch_logits(model, images: np.ndarray, w: int, a: int, batch_size: int = 256) -> np.ndarray:
-    model.eval()
-    with bits_ctx(model, w, a):
-        return np.concatenate([model(torch.from_numpy(images[i:i + batch_size])).numpy()
+def torch_logits(model, images: np.ndarray, w: int, a: int, batch_size: int = 256,
+                 dtype: torch.dtype = torch.float64) -> np.ndarray:
+    """The PyTorch model's logits at ``(w, a)``, computed in ``dtype`` on a copy of the model.
+
+    float64 by default: the parity reference is the exact value of the quantized network. Integer
+    kernels compute it exactly, while float32 brevitas sums hundreds of products per output with rounding
+    errors that flip low-bit activations sitting on a rounding boundary (see docs/method.md, Export).
+    """
+    reference = copy.deepcopy(model).to(dtype).eval()
+    with bits_ctx(reference, w, a):
+        return np.concatenate([reference(torch.from_numpy(images[i:i + batch_size]).to(dtype)).float().numpy()
                                for i in range(0, len(images), batch_size)])
 
 
@@ -189,6 +197,13 @@ def _export_one(model, fmt: str, w: int, a: int, path: Path, images, labels, ref
     return entry
 
 
+def _float32_comparison(model, w, a, path, images, labels, reference64) -> dict:
+    """Top-1 agreement of float32 PyTorch with float64 PyTorch, and ONNX Runtime's parity with float32 PyTorch."""
+    reference32 = torch_logits(model, images, w, a, dtype=torch.float32)
+    return {"torch_float32_vs_float64_top1_agreement": float((reference32.argmax(1) == reference64.argmax(1)).mean()),
+            "onnx_vs_torch_float32": parity(reference32, ort_logits(ort_session(path), images), labels)}
+
+
 def _coverage(path) -> dict:
     return {k: v for k, v in integer_coverage(path).items() if k != "optimized_ops"}
 
@@ -218,6 +233,10 @@ def export_model(model, pairs, formats, out, images: np.ndarray, labels: np.ndar
                 references[(w, a)] = torch_logits(model, images, w, a)
             entry = _export_one(model, fmt, w, a, staging.path / name, images, labels, references[(w, a)], scratch,
                                 conv_kernel)
+            entry["parity_reference"] = "PyTorch (brevitas) in float64"
+            if fmt == "qcdq":  # for the record: how the float32 PyTorch model compares
+                entry["float32_reference"] = _float32_comparison(model, w, a, staging.path / name, images, labels,
+                                                                 references[(w, a)])
             entries.append({"file": name, "sha256": sha256_file(staging.path / name),
                             "file_bytes": (staging.path / name).stat().st_size, **entry})
         staging.commit([e["file"] for e in entries])

@@ -28,6 +28,10 @@ def test_export_writes_checked_models_and_manifest(calibrated_tiny, run_cli, tmp
         if m["format"] == "qcdq":
             assert m["integer_kernel_coverage"]["share"] == 1.0
             assert m["weight_bits"] == m["act_bits"] and m["parity"]["images"] == 16
+            assert m["parity_reference"] == "PyTorch (brevitas) in float64"
+            f32 = m["float32_reference"]
+            assert 0.9 <= f32["torch_float32_vs_float64_top1_agreement"] <= 1.0
+            assert f32["onnx_vs_torch_float32"]["images"] == 16
     by_name = {m["file"]: m for m in manifest["models"]}
     # Packed size follows the nominal bit-width; the 8-bit stem and classifier stay at 8 bits.
     assert by_name["tiny_w2a2.qcdq.onnx"]["packed_weight_bytes"] < by_name["tiny_w8a8.qcdq.onnx"]["packed_weight_bytes"]
