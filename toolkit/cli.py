@@ -173,8 +173,10 @@ def calibrate_cmd(float_ckpt, bits, num_batches, batch_size, augment, eval_n, da
 from .cli_attack import analyze_cmd, attack_cmd, robustness_cmd, transfer_cmd  # noqa: E402
 from .cli_deploy import bench_cmd, check_cmd, report_cmd  # noqa: E402
 from .cli_export import export_cmd  # noqa: E402
+from .cli_pipeline import demo_cmd, pipeline_cmd  # noqa: E402
 
-for _command in (attack_cmd, transfer_cmd, analyze_cmd, robustness_cmd, export_cmd, check_cmd, bench_cmd, report_cmd):
+for _command in (attack_cmd, transfer_cmd, analyze_cmd, robustness_cmd, export_cmd, check_cmd, bench_cmd, report_cmd,
+                 pipeline_cmd, demo_cmd):
     cli.add_command(_command)
 
 
