@@ -23,16 +23,10 @@ def _load_model(ckpt, bit_list, device="cpu"):
     ``ckpt`` may also be a precision family, ``32=float.pt,8=qat8.pt,...``: separately trained
     networks, one per bit-width (:class:`qadtr.family.PrecisionFamily`).
     """
-    import torch
-
+    from .device import torch_device
     from .family import load_model_or_family
 
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise QadtrError(f"unknown torch device {device!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise QadtrError(f"device {device} requested but CUDA is not available")
+    device = torch_device(device)
     payload, model, sha = load_model_or_family(ckpt)
     missing = [b for b in bit_list if b not in model.bit_choices]
     if missing:

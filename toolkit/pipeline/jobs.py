@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ..errors import QadtrError
+from ..device import torch_device
 from ..io import atomic_path, sha256_file, versions, write_json, write_text
 from .stages import StageContext
 
@@ -33,18 +33,6 @@ def model(ctx: StageContext, source: Path | None, train_config, quiet: bool) -> 
     train(train_config, ctx.dir, resume=ctx.resume and (ctx.dir / CHECKPOINT).is_file(), quiet=quiet)
 
 
-def _device(name: str):
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise QadtrError(f"unknown torch device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise QadtrError(f"device {device} requested but CUDA is not available")
-    return device
-
-
 def attack(ctx: StageContext, cfg, ckpt: Path, bits, train_data, test_data, quiet: bool) -> None:
     """The robustness protocol: craft the seen, unseen and adaptive patches, score them in PyTorch.
 
@@ -57,7 +45,7 @@ def attack(ctx: StageContext, cfg, ckpt: Path, bits, train_data, test_data, quie
     from ..checkpoint import load_checkpoint, model_from_checkpoint
 
     payload = load_checkpoint(ckpt)
-    net = model_from_checkpoint(payload).to(_device(cfg.device))
+    net = model_from_checkpoint(payload).to(torch_device(cfg.device))
     specs, skipped = paper_plan(net.bit_choices, **cfg.plan(net.bit_choices))
     check_plan(specs, test_data.x.shape[1:3])
     torch.manual_seed(cfg.seed)
