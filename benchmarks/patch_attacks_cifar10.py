@@ -1,8 +1,8 @@
 """Issue 3's measurements on one multi-bit checkpoint (e.g. the PTQ ResNet-20 with bits {32, 8, 4, 2}), or on a
 precision family of separately trained checkpoints, ``32=float.pt,8=qat8.pt,4=qat4.pt,2=qat2.pt``.
 
-Crafts 6x6 patches at 32, 8, 4 and 2 bits, an A-QAPA 6x6 patch across {32, 8, 4, 2} with the same step budget,
-an 8x8 patch from 4 bits and a 10x10 patch from 2 bits; scores every patch at every bit-width with its
+Crafts 6x6 and 10x10 patches at 32, 8, 4 and 2 bits, an A-QAPA patch of each size across {32, 8, 4, 2} with
+the same step budget, and an 8x8 patch from 4 bits; scores every patch at every bit-width with its
 random-noise control (the transfer matrix); computes the gradient-alignment table; and reports each patch's
 worst-case ASR over the bit-widths (the A-QAPA acceptance check). Resumable: a patch already on disk is reused
 when it was crafted with the same size, bit-widths, steps and seed on the same checkpoint. The crafting and scoring
@@ -27,10 +27,23 @@ from qadtr.io import versions, write_json, write_text
 from qadtr.transfer import matrix_markdown, to_float_nchw
 
 BITS = [32, 8, 4, 2]
-# Single-bit 6x6 patches at every bit-width, A-QAPA with the same step budget, and the unseen sizes.
-PLAN = [*(PatchSpec(f"p6_b{b}", "single-bit", 6, (b,)) for b in BITS),
-        PatchSpec("aqapa6", "A-QAPA", 6, tuple(BITS), quant_aware=True),
-        PatchSpec("p8_b4", "single-bit", 8, (4,)), PatchSpec("p10_b2", "single-bit", 10, (2,))]
+# Per comparison size: a single-bit patch at every bit-width and A-QAPA with the same step budget. 6x6 is the
+# paper's seen size; at 10x10 (also the "unseen" 2-bit size) the 2-bit network is attackable at all, so the
+# worst case over the bit-widths measures the attack rather than the 2-bit network's floor. Plus 8x8 from 4 bits.
+SIZES = (6, 10)
+PLAN = [*(spec for size in SIZES for spec in (
+            *(PatchSpec(f"p{size}_b{b}", "single-bit", size, (b,)) for b in BITS),
+            PatchSpec(f"aqapa{size}", "A-QAPA", size, tuple(BITS), quant_aware=True))),
+        PatchSpec("p8_b4", "single-bit", 8, (4,))]
+
+
+def aqapa_verdict(worst: dict, size: int) -> str:
+    """Issue 3's check at one size: A-QAPA's worst case against the best single-bit patch's, same steps."""
+    single = {p: v for p, v in worst.items() if p.startswith(f"p{size}_b")}
+    best = max(single, key=single.get)
+    margin = (worst[f"aqapa{size}"] - single[best]) * 100
+    return (f"- {size}x{size}: A-QAPA worst case {worst[f'aqapa{size}']:.1%} vs best single-bit patch "
+            f"{single[best]:.1%} ({best}): {margin:+.1f} points.")
 
 
 def main(argv=None) -> None:
@@ -73,12 +86,10 @@ def main(argv=None) -> None:
               "crafting": crafting, "transfer": matrix, "worst_case_asr": worst, "gradient_alignment": align,
               "versions": versions()}
     write_json(out / "results.json", result)
-    single = {p: v for p, v in worst.items() if p.startswith("p6_")}
     lines = [f"# Patch attacks on `{args.ckpt}` ({args.steps} steps, batch {args.batch_size}, seed {args.seed})", "",
              matrix_markdown(matrix), "", "| patch | worst-case ASR over 32/8/4/2 |", "| --- | --- |",
              *(f"| {p} | {v:.1%} |" for p, v in worst.items()), "",
-             f"A-QAPA worst case {worst['aqapa6']:.1%} vs best single-bit 6x6 patch {max(single.values()):.1%} "
-             f"({max(single, key=single.get)}).", "",
+             *(aqapa_verdict(worst, size) for size in SIZES), "",
              f"Gradient alignment (mean cosine of input gradients, n={align['n']})", "",
              "| bits | " + " | ".join(map(str, BITS)) + " |", "| --- |" + " --- |" * len(BITS),
              *(f"| {b} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for b, row in zip(BITS, align["cosine"]))]

@@ -6,6 +6,8 @@ evaluation is reused when its JSON exists) and each with its wall time in the ou
 1. ``float``: float ResNet-20 (shared with ``foundation_cifar10.py`` when --runs is the same folder);
 2. ``qat``: plain QAT at 8, 4 and 2 bits from the float checkpoint; the "plain QAT" row is the precision
    family ``32=float, 8=qat_w8a8, 4=qat_w4a4, 2=qat_w2a2`` (each precision its own run, as deployed);
+   ``qat_switchable`` is plain QAT on one switchable model over 32/8/4/2 (a bit-width per batch, no
+   adversary): the same model and schedule as QADT-R without its defense, and the shipped ``qat-cifar10``;
 3. ``pbat``: patch adversarial training of the float model, then PTQ (calibration) to 8/4/2 bits;
 4. ``dwq``: random-precision adversarial training with switchable BN, from the float checkpoint;
 5. ``qadtr``: A-QAPA + DBWT + GIR, from the float checkpoint; ablations ``qadtr_no_gir`` (--gir-lambda 0),
@@ -38,6 +40,7 @@ from qadtr.train import TrainConfig
 
 BITS = [32, 8, 4, 2]
 DEFENSES = {  # name -> (defense, TrainConfig overrides)
+    "qat_switchable": ("qat", {"bits": BITS}),   # plain QAT on QADT-R's switchable model: DBWT, no adversary
     "pbat": ("pbat", {}),
     "dwq": ("dwq", {}),
     "qadtr": ("qadtr", {}),
@@ -45,7 +48,7 @@ DEFENSES = {  # name -> (defense, TrainConfig overrides)
     "qadtr_fixed4": ("qadtr", {"bits": [4]}),
     "qadtr_float_patches": ("qadtr", {"patch_source": "float"}),
 }
-ROWS = ["qat", "pbat", "dwq", "qadtr", "qadtr_no_gir", "qadtr_fixed4", "qadtr_float_patches"]
+ROWS = ["qat", "qat_switchable", "pbat", "dwq", "qadtr", "qadtr_no_gir", "qadtr_fixed4", "qadtr_float_patches"]
 
 
 def evaluate(name: str, spec: str, args, out: Path) -> dict:
@@ -135,6 +138,7 @@ def main():
     p.add_argument("--defenses", default=",".join(DEFENSES), help="Which defense runs to train and evaluate.")
     p.add_argument("--attack-steps", type=int, default=500)
     p.add_argument("--n", type=int, default=2000, help="Test images the protocol scores on.")
+    p.add_argument("--train-only", action="store_true", help="Train every run, evaluate none (evaluate later).")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     runs = args.runs
@@ -161,7 +165,8 @@ def main():
         qat_seconds += r["train_seconds"]
     results["train"]["qat"] = {"train_seconds": qat_seconds, "note": "sum of the three QAT runs"}
     family = ",".join([f"32={float_ckpt}"] + [f"{b}={runs / f'qat_w{b}a{b}' / 'checkpoint.pt'}" for b in (8, 4, 2)])
-    results["evals"]["qat"] = evaluate("qat", family, args, runs / "eval" / "qat")
+    if not args.train_only:
+        results["evals"]["qat"] = evaluate("qat", family, args, runs / "eval" / "qat")
     save()
     for name in [d for d in args.defenses.split(",") if d]:
         defense, overrides = DEFENSES[name]
@@ -175,7 +180,8 @@ def main():
             if not ptq.exists():
                 run_ptq(Path(spec), [8, 4, 2], ptq, args.data_dir, args.seed)
             spec = str(ptq)
-        results["evals"][name] = evaluate(name, spec, args, runs / "eval" / name)
+        if not args.train_only:
+            results["evals"][name] = evaluate(name, spec, args, runs / "eval" / name)
         save()
     print(markdown(results))
 

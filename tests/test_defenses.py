@@ -82,12 +82,24 @@ def test_dbwt_visits_every_bit_width(mode):
 
 
 @pytest.mark.parametrize("mode", ["random", "cyclic"])
-def test_training_metrics_log_visits_per_bit_width(tmp_path, mode):
-    cfg = TrainConfig(**{**FAST, "train_subset": 256}, defense="qadtr", bit_schedule=mode, epochs=1,
-                      bits=[8, 4, 2], gir_lambda=0.0, pool_steps=0, fresh_steps=0)
+@pytest.mark.parametrize("defense,extra", [
+    ("qadtr", {"gir_lambda": 0.0, "pool_steps": 0, "fresh_steps": 0}),
+    ("qat", {}),  # switchable plain QAT: DBWT without patches or GIR
+])
+def test_training_metrics_log_visits_per_bit_width(tmp_path, mode, defense, extra):
+    cfg = TrainConfig(**{**FAST, "train_subset": 256}, defense=defense, bit_schedule=mode, epochs=1,
+                      bits=[8, 4, 2], **extra)
     visits = train(cfg, tmp_path, quiet=True)["epochs"][0]["bits_visits"]
     assert set(visits) == {"8", "4", "2"} and sum(visits.values()) == 8
     assert min(visits.values()) >= (2 if mode == "cyclic" else 1)
+
+
+def test_single_bit_qat_trains_only_its_bit_width():
+    cfg = TrainConfig(**FAST, defense="qat", bits=[4]).resolved()
+    defense = build_defense(cfg, create_model("tiny", bits=cfg.model_bits), torch.nn.CrossEntropyLoss())
+    defense.start_epoch(0)
+    x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
+    assert {defense.step(x, y, i).bits for i in range(6)} == {4}
 
 
 def test_gir_penalty_is_the_mean_squared_cosine_by_hand():
@@ -264,6 +276,7 @@ BASE = ["train", "--arch", "tiny", "--dataset", "synthetic", "--epochs", "1", "-
     (["--defense", "dwq", "--dwq-epsilon", "0"], "--dwq-epsilon"),
     (["--defense", "qadtr", "--gir-noise", "-0.5"], "--gir-noise"),
     (["--defense", "qadtr", "--bits", "32"], "GIR compares two bit-widths"),
+    (["--defense", "qat", "--bits", "32"], "needs a quantized bit-width"),
 ])
 def test_bad_hyperparameters_exit_2_with_one_line(run_cli, tmp_path, args, fragment):
     code, out, err = run_cli(*BASE, "--out", tmp_path / "run", *args)

@@ -326,19 +326,33 @@ def test_demo_runs_the_pipeline_per_embedded_checkpoint(run_cli, monkeypatch, tm
     assert "W2A2" in out and "worst ASR" in out
 
 
+def test_demo_defaults_to_the_hardened_model_and_its_baseline(monkeypatch, tmp_path):
+    from qadtr import pretrained
+
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    for name in ("ptq-cifar10", "tiny-demo"):
+        (tmp_path / f"{name}.pt").write_bytes(b"")
+    assert pretrained.demo_default() == ["ptq-cifar10", "tiny-demo"]   # neither of the pair: every shipped one
+    for name in ("qat-cifar10", "qadtr-cifar10"):
+        (tmp_path / f"{name}.pt").write_bytes(b"")
+        assert pretrained.demo_default() == [n for n in pretrained.DEMO_PAIR if (tmp_path / f"{n}.pt").exists()]
+    assert pretrained.demo_default() == ["qadtr-cifar10", "qat-cifar10"]
+
+
 @pytest.mark.integration
-def test_shipped_ptq_checkpoint_classifies_real_cifar10(cifar10_dir):
-    """The weights `qadtr demo` ships are a working model, not a placeholder: on 1,000 real test images they are
-    far above chance at every precision the demo scores (full-test-set figures: docs/results.md, section 1)."""
+@pytest.mark.parametrize("name", ["ptq-cifar10", "qat-cifar10", "qadtr-cifar10"])
+def test_shipped_checkpoint_classifies_real_cifar10(cifar10_dir, name):
+    """The weights `qadtr demo` ships are working models, not placeholders: on 1,000 real test images they are
+    far above chance at every precision the demo scores (full-test-set figures: docs/results.md)."""
     import qadtr
     import torch
     from qadtr.data.arrays import load_dataset
     from qadtr.evaluate import accuracy_per_bits
     from qadtr.pretrained import available
 
-    if "ptq-cifar10" not in available():
-        pytest.skip("ptq-cifar10 is not shipped with this install")
-    model = qadtr.create_model("resnet20", pretrained="ptq-cifar10")
+    if name not in available():
+        pytest.skip(f"{name} is not shipped with this install")
+    model = qadtr.create_model("resnet20", pretrained=name)
     test = load_dataset("cifar10", "test", cifar10_dir).subset(1000, seed=0)
     x = torch.from_numpy(test.x).permute(0, 3, 1, 2).float().div(255)
     loader = list(zip(x.split(250), torch.from_numpy(test.y).split(250), strict=True))

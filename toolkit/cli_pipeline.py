@@ -111,7 +111,8 @@ def pipeline_cmd(config_file, force, quiet, as_json, **values):
 @click.option("--out", default="qadtr-demo", type=click.Path(file_okay=False),
               help="Parent folder: one run folder per embedded checkpoint.")
 @click.option("--pretrained", "names", multiple=True, help="Run only these embedded checkpoints (repeatable). "
-                                                           "Default: every one shipped.")
+                                                           "Default: qadtr-cifar10 and qat-cifar10 when shipped, "
+                                                           "else every one shipped.")
 @click.option("--n", "n", default=None, type=int, help="Test images [default: 500].")
 @click.option("--steps", default=None, type=int, help="Crafting steps per patch [default: 150].")
 @click.option("--fail-on", "fail_on", multiple=True, metavar="GATE", help="Gates, as for qadtr pipeline.")
@@ -125,13 +126,13 @@ def demo_cmd(data_dir, out, names, n, steps, fail_on, seed, dataset, force, quie
     (loaded, not trained): 500 test images, 150 crafting steps, exports at 8/4/2 bits, bench at batch 1 and 64."""
     from .pipeline import run_pipeline
     from .pipeline.demo import check_cifar10, demo_config
-    from .pretrained import available, weights_dir, weights_path
+    from .pretrained import demo_default, weights_dir, weights_path
 
     if dataset == "cifar10":
         check_cifar10(data_dir)
     for name in names:
         weights_path(name)
-    chosen = list(names) or available()
+    chosen = list(names) or demo_default()
     if not chosen:
         raise QadtrError(f"no embedded checkpoint is shipped with this install ({weights_dir()} holds no .pt file)")
     summaries = {}

@@ -25,9 +25,15 @@ class Pretrained:
 # Described here; a checkpoint counts as shipped only when its file is in WEIGHTS_DIR. Any other
 # <name>.pt dropped there is picked up too, described by its own config.
 KNOWN = {
+    "qadtr-cifar10": Pretrained("qadtr-cifar10", "resnet20", "ResNet-20 hardened on CIFAR-10 by QADT-R (A-QAPA "
+                                                             "patches, DBWT, GIR), switchable at 32/8/4/2 bits"),
+    "qat-cifar10": Pretrained("qat-cifar10", "resnet20", "ResNet-20 by plain QAT on CIFAR-10, switchable at "
+                                                         "32/8/4/2 bits (the undefended baseline of qadtr-cifar10)"),
     "ptq-cifar10": Pretrained("ptq-cifar10", "resnet20", "ResNet-20 trained in float on CIFAR-10, then "
                                                          "post-training calibrated at 32/8/4/2 bits"),
 }
+# What `qadtr demo` runs by default: the hardened model beside its undefended baseline.
+DEMO_PAIR = ("qadtr-cifar10", "qat-cifar10")
 
 
 def weights_dir() -> Path:
@@ -38,6 +44,12 @@ def available() -> list[str]:
     """Names of the checkpoints shipped with this install, sorted."""
     folder = weights_dir()
     return sorted(p.stem for p in folder.glob("*.pt") if p.is_file()) if folder.is_dir() else []
+
+
+def demo_default() -> list[str]:
+    """The checkpoints ``qadtr demo`` runs without --pretrained: the shipped ones of DEMO_PAIR, else every one."""
+    names = available()
+    return [n for n in DEMO_PAIR if n in names] or names
 
 
 def weights_path(name: str) -> Path:

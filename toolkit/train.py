@@ -69,8 +69,9 @@ class TrainConfig(DefenseParams):
             raise QadtrError(str(e)) from None
         if self.defense in ("float", "pbat"):
             bits = [FLOAT_BITS]  # pbat trains at full precision; quantize afterwards (calibrate or qat --init)
-        elif self.defense == "qat" and (len(bits) != 1 or bits[0] == FLOAT_BITS):
-            raise QadtrError("--defense qat trains one fixed bit-width in 2..8 (e.g. --bits 4)")
+        elif self.defense == "qat" and bits == [FLOAT_BITS]:
+            raise QadtrError("--defense qat needs a quantized bit-width in 2..8 (e.g. --bits 4, or 32,8,4,2 "
+                             "for a switchable model)")
         elif self.defense == "qadtr" and self.gir_lambda > 0 and bits == [FLOAT_BITS]:
             raise QadtrError("GIR compares two bit-widths: give --bits a quantized width, or --gir-lambda 0")
         if self.epochs < 1 or self.batch_size < 1:

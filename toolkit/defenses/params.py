@@ -24,10 +24,11 @@ def _opt(default, help: str, choices=None):
 
 @dataclass
 class DefenseParams:
-    """Every knob of pbat, dwq and qadtr. float and qat ignore them."""
+    """Every knob of pbat, dwq and qadtr. float ignores them; qat reads only --bit-schedule."""
 
-    bit_schedule: str = _opt("random", "DBWT (dwq, qadtr): draw each batch's bit-width from --bits at random, "
-                                       "or cycle through it in order.", BIT_SCHEDULES)
+    bit_schedule: str = _opt("random", "DBWT (dwq, qadtr, qat with several --bits): draw each batch's "
+                                       "bit-width from --bits at random, or cycle through it in order.",
+                             BIT_SCHEDULES)
     patch_fraction: float = _opt(0.5, "pbat, qadtr: share of each batch that gets an adversarial patch.")
     patch_size_min: int = _opt(4, "pbat, qadtr: smallest training patch side in pixels (drawn per batch).")
     patch_size_max: int = _opt(8, "pbat, qadtr: largest training patch side in pixels.")

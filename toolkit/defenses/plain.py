@@ -1,13 +1,23 @@
-"""float and qat: plain cross-entropy at the run's one bit-width (the foundation's step, unchanged)."""
+"""float and qat: plain cross-entropy, no adversary.
+
+One bit-width trains the foundation's fixed-precision model. qat with several ``--bits`` trains a
+switchable model with plain cross-entropy, one bit-width per batch from ``--bit-schedule`` (DBWT with
+no patches and no GIR): the undefended baseline that has the same bit-width set as dwq and qadtr.
+"""
 from __future__ import annotations
 
 from ..switchable import set_bits
 from .base import Defense, StepOutput
+from .dbwt import BitWidthSchedule
 
 
 class PlainTraining(Defense):
+    def __init__(self, cfg, model, criterion):
+        super().__init__(cfg, model, criterion)
+        self.schedule = BitWidthSchedule(cfg.bits, cfg.bit_schedule)
+
     def step(self, x, y, step):
-        bits = self.cfg.bits[0]
+        bits = self.schedule.draw(step, self.generator) if len(self.cfg.bits) > 1 else self.cfg.bits[0]
         set_bits(self.model, bits)
         logits = self.model(x)
         return StepOutput(self.criterion(logits, y), logits, bits)
