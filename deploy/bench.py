@@ -114,9 +114,30 @@ def time_one(info: ModelInfo, config: OrtConfig, batch: int, warmup: int, iters:
     run.update({"session_create_s": t1 - t0, "first_inference_s": t2 - t1, "warmup": warmup, "iters": len(lat),
                 "timed_s": timed, "latency_ms": latency_stats(lat), "throughput_ips": batch * len(lat) / timed,
                 "rss_before_bytes": rss_before, "peak_rss_bytes": _peak_rss_bytes(),
-                "peak_rss_scope": "since session creation" if scoped else "process lifetime"})
+                "peak_rss_scope": "since session creation" if scoped else "process lifetime", "_latencies": lat})
     del session
     return run
+
+
+def pool_rounds(runs: list[dict]) -> dict:
+    """One measurement from the rounds of one (model, batch, threads): latencies pooled, per-round p50 kept.
+
+    Rounds run the models interleaved, each on a fresh session, so a slow spell of the machine (on a shared
+    VM, batch-1 timings are bimodal from minute to minute) lands on every model instead of on one.
+    """
+    runs = [dict(r) for r in runs]
+    lats = [r.pop("_latencies", None) for r in runs]
+    first = runs[0]
+    if "latency_ms" not in first or len(runs) == 1:
+        return first
+    pooled = [x for lat in lats for x in lat]
+    timed = sum(r["timed_s"] for r in runs)
+    return {**first, "iters": len(pooled), "timed_s": timed, "latency_ms": latency_stats(pooled),
+            "throughput_ips": first["batch"] * len(pooled) / timed, "rounds": len(runs),
+            "round_p50_ms": [r["latency_ms"]["p50"] for r in runs],
+            "session_create_s": float(np.median([r["session_create_s"] for r in runs])),
+            "first_inference_s": float(np.median([r["first_inference_s"] for r in runs])),
+            "peak_rss_bytes": max((r["peak_rss_bytes"] or 0) for r in runs) or None}
 
 
 def _entry(info: ModelInfo, role: str, config: OrtConfig) -> dict:
@@ -169,11 +190,15 @@ def prepare_models(model_paths, *, fp32=None, baselines: bool = True, calib_n: i
 def run_bench(model_paths, *, batches=(1, 64), threads=(1, 2), warmup: int = 20, iters: int = 200,
               seconds: float | None = None, fp32=None, baselines: bool = True, calib_n: int = 256,
               dataset: str = "cifar10", data_dir=None, seed: int = 0, out_dir=".", config: OrtConfig | None = None,
-              progress=None) -> dict:
-    """The bench result (schema above). ``progress(1)`` is called after each measurement."""
+              rounds: int = 1, progress=None) -> dict:
+    """The bench result (schema above). ``progress(1)`` is called after each measurement.
+
+    ``rounds`` > 1 repeats every measurement that many times, all models interleaved within a round, and pools
+    each cell's latencies (:func:`pool_rounds`).
+    """
     config = config or OrtConfig()
-    if warmup < 0 or iters < 1 or (seconds is not None and seconds <= 0):
-        raise QadtrError("need --warmup >= 0, --iters >= 1 and --seconds > 0")
+    if warmup < 0 or iters < 1 or (seconds is not None and seconds <= 0) or rounds < 1:
+        raise QadtrError("need --warmup >= 0, --iters >= 1, --rounds >= 1 and --seconds > 0")
     if any(b < 1 for b in batches) or any(t < 0 for t in threads):
         raise QadtrError("batch sizes must be >= 1 and thread counts >= 0")
     started = time.perf_counter()
@@ -181,18 +206,22 @@ def run_bench(model_paths, *, batches=(1, 64), threads=(1, 2), warmup: int = 20,
                                           dataset=dataset, data_dir=data_dir, seed=seed, out_dir=out_dir,
                                           config=config)
     entries = {i.label: _entry(i, roles[i.label], config) for i in infos}
-    for t in threads:
-        for b in batches:
-            for info in infos:
-                entries[info.label]["runs"].append(time_one(info, config.with_threads(t), b, warmup, iters,
-                                                            seconds, seed))
-                if progress:
-                    progress(1)
+    measured: dict[tuple, list[dict]] = {}
+    for _ in range(rounds):
+        for t in threads:
+            for b in batches:
+                for info in infos:
+                    measured.setdefault((info.label, t, b), []).append(
+                        time_one(info, config.with_threads(t), b, warmup, iters, seconds, seed))
+                    if progress:
+                        progress(1)
+    for (label, _, _), runs in measured.items():
+        entries[label]["runs"].append(pool_rounds(runs))
     _add_ratios(list(entries.values()), record)
     return {
         "kind": "qadtr.bench", "schema": 1,
         "config": {"batches": list(batches), "threads": list(threads), "warmup": warmup, "iters": iters,
-                   "seconds": seconds, "seed": seed, "ort": config.to_json(),
+                   "rounds": rounds, "seconds": seconds, "seed": seed, "ort": config.to_json(),
                    "input": "seeded uniform float32 [batch,3,H,W] in [0,1]", "calibration_images": calib_n,
                    "dataset": dataset},
         "baselines": record,

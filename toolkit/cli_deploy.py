@@ -130,6 +130,8 @@ def check_cmd(models, patch_specs, n, split, dataset, data_dir, seed, batch_size
 @click.option("--warmup", default=20, type=int, help="Untimed runs after the (separately timed) first one.")
 @click.option("--iters", default=200, type=int, help="Timed runs per measurement.")
 @click.option("--seconds", default=None, type=float, help="Time runs for this long instead of --iters.")
+@click.option("--rounds", default=1, type=int, help="Repeat every measurement, models interleaved, latencies "
+                                                    "pooled: steadier ratios on a noisy machine.")
 @click.option("--fp32", default=None, type=click.Path(dir_okay=False),
               help="fp32 ONNX export of the same network (default: from manifest.json beside the models).")
 @click.option("--baselines/--no-baselines", default=True,
@@ -142,8 +144,8 @@ def check_cmd(models, patch_specs, n, split, dataset, data_dir, seed, batch_size
               help="Folder for bench.json/.md/.png and baselines/.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_options
-def bench_cmd(models, batches, threads, warmup, iters, seconds, fp32, baselines, calib_n, dataset, data_dir, seed,
-              providers, inter_op, graph_opt, out, quiet, as_json):
+def bench_cmd(models, batches, threads, warmup, iters, seconds, rounds, fp32, baselines, calib_n, dataset, data_dir,
+              seed, providers, inter_op, graph_opt, out, quiet, as_json):
     """Latency, throughput, memory and integer-kernel coverage of ONNX MODELS, against fp32 and ORT int8."""
     from qadtr.deploy.bench import measurement_count, run_bench, write_bench
 
@@ -153,11 +155,11 @@ def bench_cmd(models, batches, threads, warmup, iters, seconds, fp32, baselines,
         raise QadtrError("--calib-n must be >= 1")
     config = _config(providers, 0, inter_op, graph_opt)
     # Two baselines at most; a bar slightly too long is better than none.
-    total = measurement_count(len(models) + (2 if baselines else 0), batch_list, thread_list)
+    total = rounds * measurement_count(len(models) + (2 if baselines else 0), batch_list, thread_list)
     with progress_bar(total, "bench", quiet) as update:
         result = run_bench(models, batches=batch_list, threads=thread_list, warmup=warmup, iters=iters,
-                           seconds=seconds, fp32=fp32, baselines=baselines, calib_n=calib_n, dataset=dataset,
-                           data_dir=data_dir, seed=seed, out_dir=out, config=config, progress=update)
+                           seconds=seconds, rounds=rounds, fp32=fp32, baselines=baselines, calib_n=calib_n,
+                           dataset=dataset, data_dir=data_dir, seed=seed, out_dir=out, config=config, progress=update)
     written = write_bench(result, out)
     rows = []
     for e in result["models"]:

@@ -52,6 +52,21 @@ def test_bench_ratios_are_against_both_baselines(bench_result):
     assert "p50/ORT int8" in md and "tinynet_w8a8.qdq" in md
 
 
+def test_rounds_pool_interleaved_repeats_of_each_cell(deploy_models, tmp_path):
+    from qadtr.deploy.bench import run_bench
+
+    result = run_bench([deploy_models["fp32"]], batches=(1, 2), threads=(1,), warmup=1, iters=5, rounds=3,
+                       baselines=False, out_dir=tmp_path)
+    assert result["config"]["rounds"] == 3
+    runs = result["models"][0]["runs"]
+    assert [(r["batch"], r["threads"]) for r in runs] == [(1, 1), (2, 1)]
+    for r in runs:
+        assert r["rounds"] == 3 and r["iters"] == 15 and len(r["round_p50_ms"]) == 3
+        assert min(r["round_p50_ms"]) <= r["latency_ms"]["p50"] <= max(r["round_p50_ms"])
+        assert "_latencies" not in r
+    json.dumps(result)
+
+
 def test_seconds_mode_times_for_a_duration(deploy_models, tmp_path):
     from qadtr.deploy.bench import run_bench
 
