@@ -81,7 +81,9 @@ def test_auto_kernel_falls_back_to_conv_integer_when_qlinearconv_parity_fails(ca
 
     _, model = calibrated_tiny
     images, labels = synthetic_images
-    monkeypatch.setattr(pipeline, "parity_ok", lambda result: False)  # QLinearConv "fails" at W8A8
+    # QLinearConv "fails" at W8A8 against both references (the first two gate checks); ConvInteger passes.
+    verdicts = iter([False, False])
+    monkeypatch.setattr(pipeline, "parity_ok", lambda result: next(verdicts, True))
     manifest = pipeline.export_model(model, [(8, 8)], ["qcdq"], tmp_path / "o", images, labels,
                                      [str(i) for i in range(10)])
     entry = manifest["models"][0]
@@ -89,3 +91,34 @@ def test_auto_kernel_falls_back_to_conv_integer_when_qlinearconv_parity_fails(ca
     assert [r["conv_kernel"] for r in entry["rejected_conv_kernels"]] == ["qlinearconv"]
     assert entry["integer_kernel_coverage"]["share"] == 1.0
     assert pipeline.conv_kernel_candidates("auto", 4) == ["convinteger"]
+
+
+class _Refs:  # duck-types qadtr.export.pipeline.References
+    def __init__(self, float64, float32):
+        self.float64, self.float32 = float64, float32
+
+
+def _logits_agreeing(base: np.ndarray, agree: int) -> np.ndarray:
+    """``base`` with the top-1 moved to another class on every image from index ``agree`` on."""
+    out = base.copy()
+    out[agree:, :] = 0.0
+    out[agree:, (base[agree:].argmax(1) + 1) % base.shape[1]] = 10.0
+    return out
+
+
+@pytest.mark.parametrize("ort_agrees_with,gate", [("float64", "float64"), ("float32", "float32"), ("neither", None)])
+def test_parity_gate_passes_on_either_pytorch_reference_and_refuses_neither(ort_agrees_with, gate):
+    from qadtr.export.pipeline import gated_parity
+
+    rng = np.random.default_rng(0)
+    exact = rng.normal(size=(1000, 10)).astype(np.float32)
+    labels = exact.argmax(1)
+    as_run = _logits_agreeing(exact, 990)              # float32 brevitas flips 1% of decisions
+    candidate = {"float64": exact, "float32": as_run, "neither": _logits_agreeing(exact, 900)}[ort_agrees_with]
+    result64, result32, passed = gated_parity(_Refs(exact, as_run), candidate, labels)
+    assert passed == gate
+    assert result64["top1_agreement"] == pytest.approx((candidate.argmax(1) == exact.argmax(1)).mean())
+    if gate == "float64":
+        assert result32 == {}                            # float32 is only consulted when float64 misses
+    else:
+        assert result32["top1_agreement"] == pytest.approx((candidate.argmax(1) == as_run.argmax(1)).mean())
