@@ -16,12 +16,15 @@ KEEP = ("config", "model", "trained_bits", "classes", "epoch", "metrics", "versi
 
 
 def ship(src: Path, dst: Path, max_bytes: int) -> int:
+    """Write the stripped checkpoint to ``dst``; an existing ``dst`` is only replaced by one under the cap."""
     payload = load_checkpoint(src)
-    save_checkpoint(dst, {k: payload[k] for k in KEEP if k in payload})
-    size = dst.stat().st_size
+    staged = dst.with_name(f".{dst.name}.staged")
+    save_checkpoint(staged, {k: payload[k] for k in KEEP if k in payload})
+    size = staged.stat().st_size
     if size > max_bytes:
-        dst.unlink()
+        staged.unlink()
         raise SystemExit(f"error: {dst} would be {size:,} bytes, over the {max_bytes:,}-byte cap")
+    staged.replace(dst)
     return size
 
 

@@ -50,14 +50,19 @@ def parity_ok(result: dict, min_agreement: float = MIN_TOP1_AGREEMENT,
     return result["top1_agreement"] >= min_agreement and acc_delta <= max_accuracy_delta + 1e-12
 
 
+def parity_error(result: dict, what: str, min_agreement: float = MIN_TOP1_AGREEMENT,
+                 max_accuracy_delta: float = MAX_ACCURACY_DELTA) -> ParityError:
+    """The one-line refusal for ``result``."""
+    acc_delta = abs(result["accuracy_onnx"] - result["accuracy_torch"])
+    return ParityError(
+        f"refusing to export {what}: top-1 agreement with PyTorch {result['top1_agreement']:.2%} "
+        f"(need >= {min_agreement:.1%}), accuracy {result['accuracy_onnx']:.2%} vs {result['accuracy_torch']:.2%} "
+        f"(delta {acc_delta * 100:.2f} points, max {max_accuracy_delta * 100:.1f}) "
+        f"on {result['images']} images; nothing was written")
+
+
 def check_parity(result: dict, what: str, min_agreement: float = MIN_TOP1_AGREEMENT,
                  max_accuracy_delta: float = MAX_ACCURACY_DELTA) -> None:
     """Raise ParityError (one line) when ``result`` is below the thresholds."""
-    agreement = result["top1_agreement"]
-    acc_delta = abs(result["accuracy_onnx"] - result["accuracy_torch"])
     if not parity_ok(result, min_agreement, max_accuracy_delta):
-        raise ParityError(
-            f"refusing to export {what}: top-1 agreement with PyTorch {agreement:.2%} (need >= {min_agreement:.1%}), "
-            f"accuracy {result['accuracy_onnx']:.2%} vs {result['accuracy_torch']:.2%} "
-            f"(delta {acc_delta * 100:.2f} points, max {max_accuracy_delta * 100:.1f}) "
-            f"on {result['images']} images; nothing was written")
+        raise parity_error(result, what, min_agreement, max_accuracy_delta)

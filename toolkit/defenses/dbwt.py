@@ -17,6 +17,8 @@ class BitWidthSchedule:
         self.bits, self.mode = [int(b) for b in bits], mode
 
     def draw(self, step: int, generator: torch.Generator) -> int:
+        if len(self.bits) == 1:  # a fixed width: no draw, so the generator's stream is left untouched
+            return self.bits[0]
         if self.mode == "cyclic":
             return self.bits[step % len(self.bits)]
         return self.bits[int(torch.randint(len(self.bits), (1,), generator=generator))]

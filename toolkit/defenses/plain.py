@@ -17,7 +17,7 @@ class PlainTraining(Defense):
         self.schedule = BitWidthSchedule(cfg.bits, cfg.bit_schedule)
 
     def step(self, x, y, step):
-        bits = self.schedule.draw(step, self.generator) if len(self.cfg.bits) > 1 else self.cfg.bits[0]
+        bits = self.schedule.draw(step, self.generator)
         set_bits(self.model, bits)
         logits = self.model(x)
         return StepOutput(self.criterion(logits, y), logits, bits)
