@@ -25,11 +25,15 @@ from qadtr.data.loader import BatchLoader
 from qadtr.defenses import build_defense
 from qadtr.io import versions, write_json, write_text
 from qadtr.models import create_model
+from qadtr.precision import autocast, memory_format
 from qadtr.train import TrainConfig, param_groups
 
 # (label, TrainConfig overrides). qat is the reference every ratio divides by.
 SETTINGS = [
     ("qat", {"defense": "qat", "bits": [4]}),
+    ("qat (bf16)", {"defense": "qat", "bits": [4], "precision": "bf16"}),
+    ("float", {"defense": "float"}),
+    ("float (bf16)", {"defense": "float", "precision": "bf16"}),
     ("pbat", {"defense": "pbat"}),
     ("dwq (PGD-7, faithful)", {"defense": "dwq", "dwq_attack": "pgd"}),
     ("dwq (FGSM-RS, fast)", {"defense": "dwq", "dwq_attack": "fgsm-rs"}),
@@ -47,6 +51,7 @@ class Trainer:
         self.model = create_model("resnet20", bits=cfg.model_bits)
         if init:
             load_matching_state(self.model, load_checkpoint(init)["model"])
+        self.model = memory_format(self.model, cfg.precision)
         self.optimizer = torch.optim.SGD(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                          momentum=cfg.momentum)
         self.defense = build_defense(cfg, self.model, torch.nn.CrossEntropyLoss())
@@ -58,7 +63,8 @@ class Trainer:
     def run_batch(self, timed: bool) -> None:
         x, y = next(self.batches)
         t0 = time.perf_counter()
-        loss, _, bits = self.defense.step(x, y, self.step)
+        with autocast(self.cfg.precision):
+            loss, _, bits = self.defense.step(memory_format(x, self.cfg.precision), y, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.defense.before_optimizer_step(self.step)

@@ -82,6 +82,10 @@ def main():
     p.add_argument("--data-dir", default=None)
     p.add_argument("--float-epochs", type=int, default=10)
     p.add_argument("--float-warmup-epochs", type=float, default=0.5)
+    p.add_argument("--float-init", default=None,
+                   help="Continue from this float checkpoint with a fresh cosine cycle (a warm restart).")
+    p.add_argument("--float-lr", type=float, default=None, help="Float peak LR (default: qadtr train's).")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="Training precision, every stage.")
     p.add_argument("--qat-epochs", default="8:4,4:8,2:10",
                    help="QAT epochs: one number for every bit-width, or bits:epochs pairs (at most 10 each).")
     p.add_argument("--qat-bits", default="8,4,2")
@@ -100,8 +104,8 @@ def main():
         write_text(args.runs / "foundation.md", markdown(results))
 
     float_cfg = TrainConfig(arch="resnet20", defense="float", epochs=args.float_epochs,
-                            warmup_epochs=args.float_warmup_epochs,
-                            data_dir=args.data_dir, seed=args.seed)
+                            warmup_epochs=args.float_warmup_epochs, init=args.float_init, lr=args.float_lr,
+                            precision=args.precision, data_dir=args.data_dir, seed=args.seed)
     float_dir = args.runs / "float"
     if "float" in stages:
         results["stages"]["float"] = run_training(float_cfg, float_dir)
@@ -113,7 +117,8 @@ def main():
     if "qat" in stages:
         for b in qat_bits:
             cfg = TrainConfig(arch="resnet20", defense="qat", bits=[b], epochs=qat_epochs[b],
-                              init=str(float_dir / "checkpoint.pt"), data_dir=args.data_dir, seed=args.seed)
+                              init=str(float_dir / "checkpoint.pt"), precision=args.precision,
+                              data_dir=args.data_dir, seed=args.seed)
             results["stages"][f"qat_w{b}a{b}"] = run_training(cfg, args.runs / f"qat_w{b}a{b}")
             save()
     print(markdown(results))

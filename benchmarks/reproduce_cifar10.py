@@ -138,6 +138,8 @@ def main():
     p.add_argument("--defenses", default=",".join(DEFENSES), help="Which defense runs to train and evaluate.")
     p.add_argument("--attack-steps", type=int, default=500)
     p.add_argument("--n", type=int, default=2000, help="Test images the protocol scores on.")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="Training precision of runs this invocation trains (bf16: about 2x faster on AMX CPUs).")
     p.add_argument("--train-only", action="store_true", help="Train every run, evaluate none (evaluate later).")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -151,7 +153,7 @@ def main():
         write_json(runs / "reproduce.json", results)
         write_text(runs / "reproduce.md", markdown(results))
 
-    common = {"arch": "resnet20", "data_dir": args.data_dir, "seed": args.seed}
+    common = {"arch": "resnet20", "data_dir": args.data_dir, "seed": args.seed, "precision": args.precision}
     float_ckpt = runs / "float" / "checkpoint.pt"
     results["train"]["float"] = run_training(TrainConfig(defense="float", epochs=args.float_epochs,
                                                          warmup_epochs=args.float_warmup_epochs, **common),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from qadtr.data.arrays import load_dataset, synthetic
-from qadtr.data.loader import BatchLoader, augment
+from qadtr.data.loader import BatchLoader, augment, cutout
 from qadtr.errors import DataError
 
 
@@ -90,3 +90,24 @@ def test_augment_crops_and_flips_within_padding():
                  for dy in range(9) for dx in range(9))
         assert ok
     assert not torch.equal(out, x)
+
+
+def test_cutout_zeroes_one_square_per_image_clipped_at_the_border():
+    x = torch.rand(200, 3, 32, 32) + 0.01  # no zeros before cutout
+    out = cutout(x.clone(), torch.Generator().manual_seed(0), 16)
+    zero = out[:, 0] == 0
+    assert torch.equal(zero, (out == 0).all(1))  # the same pixels in every channel
+    assert torch.equal(out[~(out == 0)], x[~(out == 0)])  # nothing else changed
+    for mask in zero:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        # One solid rectangle, 16 on a side unless it hangs over the border.
+        assert mask.sum() == len(rows) * len(cols) and 8 <= len(rows) <= 16 and 8 <= len(cols) <= 16
+    sides = [int(m.any(1).sum()) for m in zero]
+    assert 16 in sides and min(sides) < 16  # inside squares and clipped ones both occur
+
+
+def test_loader_applies_cutout_only_when_asked():
+    data = synthetic(64, seed=0)
+    plain = next(iter(BatchLoader(data, 64, augment=True, seed=1)))[0]
+    cut = next(iter(BatchLoader(data, 64, augment=True, seed=1, cutout=8)))[0]
+    assert torch.equal(plain[cut != 0], cut[cut != 0]) and (cut == 0).sum() > (plain == 0).sum()

@@ -77,3 +77,23 @@ def test_lr_schedules_start_low_or_peak_and_end_near_zero(schedule):
     assert max(values) == pytest.approx(1.0, abs=0.01)
     assert values[-1] < 0.01
     assert values[0] < max(values)
+
+
+@pytest.mark.parametrize("defense,bits", [("float", None), ("qat", [4]), ("qadtr", [32, 4, 2])])
+def test_bf16_training_runs_changes_the_numerics_and_checkpoints_fp32(tmp_path, defense, bits):
+    def run(precision):
+        cfg = TrainConfig(arch="tiny", defense=defense, bits=bits, dataset="synthetic", epochs=1, batch_size=64,
+                          train_subset=256, seed=2, precision=precision)
+        return train(cfg, tmp_path / precision, quiet=True)
+
+    fp32, bf16 = run("fp32"), run("bf16")
+    loss32, loss16 = fp32["epochs"][0]["train_loss"], bf16["epochs"][0]["train_loss"]
+    assert torch.isfinite(torch.tensor(loss16)) and loss16 != loss32  # same seed: only the precision differs
+    ckpt = load_checkpoint(tmp_path / "bf16" / "checkpoint.pt")
+    assert ckpt["config"]["precision"] == "bf16"
+    assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(QadtrError, match="unknown precision 'fp16'"):
+        TrainConfig(arch="tiny", defense="float", precision="fp16").resolved()

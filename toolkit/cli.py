@@ -50,6 +50,11 @@ def models_cmd(as_json):
 @click.option("--schedule", default="cosine", type=click.Choice(["cosine", "onecycle"]))
 @click.option("--warmup-epochs", default=0.0, type=float)
 @click.option("--label-smoothing", default=0.0, type=float)
+@click.option("--cutout", default=0, type=int, help="Zero a random square of this side in each training image "
+                                                   "(DeVries & Taylor 2017; 16 on CIFAR-10); 0: off.")
+@click.option("--precision", default="fp32", type=click.Choice(["fp32", "bf16"]),
+              help="bf16: train under bfloat16 autocast with channels-last tensors (about 2x faster on CPUs with "
+                   "AMX or AVX512-BF16); the weights, the optimizer and evaluation stay fp32.")
 @click.option("--init", type=click.Path(dir_okay=False), default=None, help="Start from this checkpoint.")
 @click.option("--train-subset", default=None, type=int, help="Train on a seeded subset of N images.")
 @click.option("--eval-subset", default=None, type=int, help="Evaluate on a seeded subset of N test images.")

@@ -19,6 +19,7 @@ from .errors import QadtrError
 from .evaluate import accuracy_per_bits
 from .io import sha256_file, versions, write_json
 from .models import create_model, list_models
+from .precision import PRECISIONS, autocast, memory_format
 from .quant import FLOAT_BITS, validate_bits
 
 SCHEDULES = ("cosine", "onecycle")
@@ -46,6 +47,8 @@ class TrainConfig(DefenseParams):
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
+    cutout: int = 0  # side of a zeroed square per training image (DeVries & Taylor 2017); 0: off
+    precision: str = "fp32"  # bf16: autocast and channels-last (qadtr.precision); weights stay fp32
     dataset: str = "cifar10"
     data_dir: str | None = None
     download: bool = False
@@ -62,6 +65,8 @@ class TrainConfig(DefenseParams):
             raise QadtrError(f"unknown defense {self.defense!r}; choose from {', '.join(DEFENSES)}")
         if self.schedule not in SCHEDULES:
             raise QadtrError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+        if self.precision not in PRECISIONS:
+            raise QadtrError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
         self.validate_params()
         try:
             bits = sorted({validate_bits(b) for b in (self.bits or DEFAULT_BITS[self.defense])}, reverse=True)
@@ -74,6 +79,8 @@ class TrainConfig(DefenseParams):
                              "for a switchable model)")
         elif self.defense == "qadtr" and self.gir_lambda > 0 and bits == [FLOAT_BITS]:
             raise QadtrError("GIR compares two bit-widths: give --bits a quantized width, or --gir-lambda 0")
+        if self.cutout < 0:
+            raise QadtrError(f"--cutout must be 0 (off) or a positive side in pixels, got {self.cutout}")
         if self.epochs < 1 or self.batch_size < 1:
             raise QadtrError("--epochs and --batch-size must be positive")
         lr = self.lr if self.lr is not None else (0.01 if self.init else 0.1)
@@ -164,7 +171,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
         optimizer.load_state_dict(payload["optimizer"])
         defense.load_state_dict(payload.get("defense_state", {}))
 
-    loader = BatchLoader(train_data, cfg.batch_size, shuffle=True, augment=True, seed=cfg.seed, drop_last=True)
+    loader = BatchLoader(train_data, cfg.batch_size, shuffle=True, augment=True, seed=cfg.seed, drop_last=True,
+                         cutout=cfg.cutout)
     test_loader = BatchLoader(test_data, 256)
     steps = len(loader)
     if steps == 0:
@@ -175,6 +183,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
     if defense.describe():
         record["defense"] = defense.describe()
 
+    model = memory_format(model, cfg.precision)
     for epoch in range(start_epoch, cfg.epochs):
         loader.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 1000 + epoch)
@@ -188,7 +197,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
             step = epoch * steps + i
             for g in optimizer.param_groups:
                 g["lr"] = cfg.lr * lr_multiplier(step, total, warmup, cfg.schedule)
-            loss, logits, bits = defense.step(x, y, step)
+            with autocast(cfg.precision):
+                loss, logits, bits = defense.step(memory_format(x, cfg.precision), y, step)
             visits[str(bits)] += 1
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

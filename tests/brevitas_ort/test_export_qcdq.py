@@ -119,3 +119,26 @@ def test_parity_gate_passes_on_either_pytorch_reference_and_refuses_neither(ort_
     assert passed == gate
     assert result64["top1_agreement"] == pytest.approx((candidate.argmax(1) == exact.argmax(1)).mean())
     assert result32["top1_agreement"] == pytest.approx((candidate.argmax(1) == as_run.argmax(1)).mean())
+
+
+@pytest.mark.parametrize("torch32_agrees,ort_agrees,systematic,passes", [
+    (980, 975, False, True),   # ORT flips 2.5%, float32 PyTorch itself 2%: within 2x of the model's own noise
+    (993, 975, False, False),  # float32 PyTorch flips only 0.7%: 2.5% is more than twice that noise
+    (1000, 990, False, False),  # PyTorch's float32 run is exact: no allowance, however small the miss
+    (960, 960, False, False),  # below the absolute floor, however noisy the model
+    (980, 975, True, False),   # every flip loses a correct answer: -2.5 points is a bias, not noise
+])
+def test_rounding_sensitive_gate_holds_ort_to_the_models_own_float32_noise(torch32_agrees, ort_agrees, systematic,
+                                                                          passes):
+    from qadtr.export.pipeline import gated_parity
+
+    rng = np.random.default_rng(0)
+    exact = rng.normal(size=(1000, 10)).astype(np.float32)
+    # Not systematic: labels wrong under every reference, so flips never change accuracy.
+    labels = exact.argmax(1) if systematic else (exact.argmax(1) + 5) % 10
+    # float32 PyTorch and ORT flip different images, so they do not agree with each other either.
+    as_run = _logits_agreeing(exact, torch32_agrees)
+    candidate = _logits_agreeing(exact[::-1].copy(), ort_agrees)[::-1].copy()
+    _, result32, gate = gated_parity(_Refs(exact, as_run), candidate, labels)
+    assert result32["top1_agreement"] < 0.995
+    assert gate == ("rounding-sensitive" if passes else None)

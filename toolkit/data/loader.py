@@ -26,6 +26,21 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.
     return out
 
 
+def cutout(x: torch.Tensor, generator: torch.Generator, size: int) -> torch.Tensor:
+    """Zero one ``size`` x ``size`` square per image, centred anywhere (it may hang over the border), in place.
+
+    DeVries & Taylor 2017, https://arxiv.org/abs/1708.04552 (16 px on CIFAR-10).
+    """
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n,), generator=generator)
+    cx = torch.randint(0, w, (n,), generator=generator)
+    rows, cols = torch.arange(h)[None, :], torch.arange(w)[None, :]
+    inside_y = (rows >= (cy - size // 2)[:, None]) & (rows < (cy - size // 2 + size)[:, None])
+    inside_x = (cols >= (cx - size // 2)[:, None]) & (cols < (cx - size // 2 + size)[:, None])
+    mask = inside_y[:, :, None] & inside_x[:, None, :]
+    return x.masked_fill_(mask[:, None], 0.0)
+
+
 class BatchLoader:
     """Iterate ``(images, labels)`` batches; the order depends only on ``seed`` and the epoch.
 
@@ -33,9 +48,10 @@ class BatchLoader:
     """
 
     def __init__(self, data: ArrayDataset, batch_size: int = 128, shuffle: bool = False,
-                 augment: bool = False, seed: int = 0, drop_last: bool = False):
+                 augment: bool = False, seed: int = 0, drop_last: bool = False, cutout: int = 0):
         self.data, self.batch_size = data, batch_size
         self.shuffle, self.augment, self.seed, self.drop_last = shuffle, augment, seed, drop_last
+        self.cutout = cutout  # side of the cutout square with augment (0: none)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -54,4 +70,6 @@ class BatchLoader:
             x = to_tensor(self.data.x[idx])
             if self.augment:
                 x = augment(x, g)
+                if self.cutout:
+                    x = cutout(x, g, self.cutout)
             yield x, torch.from_numpy(self.data.y[idx])
