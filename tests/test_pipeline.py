@@ -293,11 +293,42 @@ def test_pretrained_loads_embedded_weights(monkeypatch, tmp_path, tiny_ckpt):
 
 
 def test_demo_without_data_says_how_to_provide_it(run_cli, monkeypatch, tmp_path):
+    from qadtr.pipeline import demo
+
     monkeypatch.delenv("QADTR_DATA_DIR", raising=False)
+    monkeypatch.setenv("QADTR_CACHE_DIR", str(tmp_path / "cache"))
+    attempts = []
+
+    def offline(root):
+        attempts.append(root)
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>\nsecond line")
+
+    monkeypatch.setattr(demo, "download_cifar10", offline)
     code, out, err = run_cli("demo", "--out", tmp_path / "demo")
     assert code == 2 and "QADTR_DATA_DIR" in err and len(err.strip().splitlines()) == 1 and out == ""
+    assert "download failed" in err and attempts == [tmp_path / "cache" / "cifar10"]
     code, _, err = run_cli("demo", "--data-dir", tmp_path, "--out", tmp_path / "demo")
     assert code == 2 and "--data-dir" in err and len(err.strip().splitlines()) == 1
+    assert len(attempts) == 1  # a folder the user named is never replaced by a download
+
+
+def test_demo_data_comes_from_the_cache_or_a_download_into_it(monkeypatch, tmp_path):
+    import numpy as np
+    from qadtr.pipeline import demo
+
+    monkeypatch.delenv("QADTR_DATA_DIR", raising=False)
+    monkeypatch.setenv("QADTR_CACHE_DIR", str(tmp_path))
+    cache = tmp_path / "cifar10"
+
+    def fake_download(root):
+        root.mkdir(parents=True)
+        for split in ("train", "test"):
+            np.savez(root / f"cifar10_{split}.npz", x=np.zeros((2, 32, 32, 3), np.uint8), y=np.zeros(2, np.uint8))
+
+    monkeypatch.setattr(demo, "download_cifar10", fake_download)
+    assert demo.check_cifar10(None) == cache  # downloaded
+    monkeypatch.setattr(demo, "download_cifar10", lambda root: pytest.fail("the cache holds it: no download"))
+    assert demo.check_cifar10(None) == cache  # found in the cache
 
 
 def test_demo_runs_the_pipeline_per_embedded_checkpoint(run_cli, monkeypatch, tmp_path, tiny_ckpt, base_run):

@@ -107,7 +107,8 @@ def pipeline_cmd(config_file, force, quiet, as_json, **values):
 
 @click.command("demo", context_settings=CONTEXT)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="CIFAR-10 folder; defaults to $QADTR_DATA_DIR.")
+              help="CIFAR-10 folder; defaults to $QADTR_DATA_DIR, else the cache ($QADTR_CACHE_DIR/cifar10 or "
+                   "~/.cache/qadtr/cifar10), where it is downloaded if missing.")
 @click.option("--out", default="qadtr-demo", type=click.Path(file_okay=False),
               help="Parent folder: one run folder per embedded checkpoint.")
 @click.option("--pretrained", "names", multiple=True, help="Run only these embedded checkpoints (repeatable). "
@@ -129,7 +130,7 @@ def demo_cmd(data_dir, out, names, n, steps, fail_on, seed, dataset, force, quie
     from .pretrained import demo_default, weights_dir, weights_path
 
     if dataset == "cifar10":
-        check_cifar10(data_dir)
+        data_dir = str(check_cifar10(data_dir))  # the named folder, the cache, or a fresh download
     for name in names:
         weights_path(name)
     chosen = list(names) or demo_default()

@@ -23,6 +23,13 @@ from ..io import sha256_arrays
 
 DATASETS = ("cifar10", "imagefolder", "npz", "synthetic")
 ENV_VAR = "QADTR_DATA_DIR"
+CACHE_ENV_VAR = "QADTR_CACHE_DIR"
+
+
+def cifar10_cache_dir() -> Path:
+    """Where CIFAR-10 is downloaded when no folder is given: ``$QADTR_CACHE_DIR/cifar10``, else
+    ``~/.cache/qadtr/cifar10``."""
+    return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "qadtr").expanduser() / "cifar10"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
 
@@ -118,7 +125,7 @@ def load_cifar10(data_dir, split: str, download: bool = False) -> ArrayDataset:
         raise DataError(f"unknown split {split!r}: use train or test")
     if download:
         # Where a network exists: the given folder, else $QADTR_DATA_DIR, else the user cache.
-        root = Path(data_dir or os.environ.get(ENV_VAR) or Path.home() / ".cache" / "qadtr" / "cifar10")
+        root = Path(data_dir or os.environ.get(ENV_VAR) or cifar10_cache_dir())
         root.mkdir(parents=True, exist_ok=True)
     else:
         root = resolve_data_dir(data_dir)
