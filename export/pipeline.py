@@ -301,9 +301,9 @@ def export_model(model, pairs, formats, out, images: np.ndarray, labels: np.ndar
                 references[(w, a)] = References(model, images, w, a)
             entry = _export_one(model, fmt, w, a, staging.path / name, images, labels, references[(w, a)], scratch,
                                 conv_kernel)
-            gate = entry.pop("parity_gate", "float64")
+            entry.setdefault("parity_gate", "float64")  # qonnx and fp32 are gated on float64 only
             entry["parity_reference"] = "PyTorch (brevitas) in float64"
-            entry["parity_gate_passed_with"] = GATE_DESCRIPTIONS[gate]
+            entry["parity_gate_passed_with"] = GATE_DESCRIPTIONS[entry["parity_gate"]]
             entries.append({"file": name, "sha256": sha256_file(staging.path / name),
                             "file_bytes": (staging.path / name).stat().st_size, **entry})
         staging.commit([e["file"] for e in entries])

@@ -50,8 +50,7 @@ def export_cmd(ckpt, bits, act_bits, formats, out, n, conv_kernel, dataset, data
                      m["file_bytes"], m["packed_weight_bytes"]])
     table = format_table(["model", "images", "top1 agree", "acc torch", "acc onnx", "max|dlogit|", "int conv/gemm",
                           "conv kernel", "file B", "packed W B"], rows)
-    sensitive = [m for m in manifest["models"] if "rounding flips" in m.get("parity_gate_passed_with", "")]
-    for m in sensitive:
+    for m in (m for m in manifest["models"] if m["parity_gate"] == "rounding-sensitive"):
         ref = m["float32_reference"]["torch_float32_vs_float64_top1_agreement"]
         table += (f"\nnote: {m['file']} is rounding-sensitive: PyTorch's own float32 run agrees with exact "
                   f"arithmetic on only {ref:.2%} of top-1 decisions, and ONNX Runtime on "

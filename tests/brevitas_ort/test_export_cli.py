@@ -111,3 +111,26 @@ def test_bad_parity_refuses_and_leaves_nothing(calibrated_tiny, run_cli, tmp_pat
     fresh = tmp_path / "fresh"
     code, _, _ = run_cli("export", ckpt, "--bits", "4", "--format", "qcdq", "--out", fresh, *COMMON)
     assert code == 2 and not fresh.exists()
+
+
+def test_a_rounding_sensitive_export_is_written_and_says_so(calibrated_tiny, run_cli, tmp_path, monkeypatch):
+    """When only the rounding-sensitive gate passes, the model is written, and the manifest and the table say
+    which gate it was, with PyTorch float32's own agreement beside ORT's."""
+    from qadtr.export import pipeline
+
+    gated = pipeline.gated_parity
+
+    def only_sensitive(refs, candidate, labels):
+        exact, as_run, _ = gated(refs, candidate, labels)
+        return exact, as_run, "rounding-sensitive"
+
+    monkeypatch.setattr(pipeline, "gated_parity", only_sensitive)
+    ckpt, _ = calibrated_tiny
+    out = tmp_path / "export"
+    code, stdout, stderr = run_cli("export", ckpt, "--bits", "4", "--format", "qcdq", "--out", out, *COMMON)
+    assert code == 0, stderr
+    entry = json.loads((out / "manifest.json").read_text())["models"][0]
+    assert entry["parity_gate"] == "rounding-sensitive" and "rounding flips" in entry["parity_gate_passed_with"]
+    assert (out / entry["file"]).exists()
+    assert f"note: {entry['file']} is rounding-sensitive" in stdout
+    assert "torch_float32_vs_float64_top1_agreement" in entry["float32_reference"]
