@@ -141,6 +141,8 @@ def main():
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="Training precision of runs this invocation trains (bf16: about 2x faster on AMX CPUs).")
     p.add_argument("--train-only", action="store_true", help="Train every run, evaluate none (evaluate later).")
+    p.add_argument("--skip-qat-eval", action="store_true",
+                   help="Do not evaluate the plain-QAT family (adding rows, e.g. ablations, to a table that has it).")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     runs = args.runs
@@ -167,7 +169,7 @@ def main():
         qat_seconds += r["train_seconds"]
     results["train"]["qat"] = {"train_seconds": qat_seconds, "note": "sum of the three QAT runs"}
     family = ",".join([f"32={float_ckpt}"] + [f"{b}={runs / f'qat_w{b}a{b}' / 'checkpoint.pt'}" for b in (8, 4, 2)])
-    if not args.train_only:
+    if not (args.train_only or args.skip_qat_eval):
         results["evals"]["qat"] = evaluate("qat", family, args, runs / "eval" / "qat")
     save()
     for name in [d for d in args.defenses.split(",") if d]:

@@ -1,7 +1,7 @@
 """Training precision: fp32, or bf16 autocast with channels-last tensors.
 
-bf16 runs the convolutions on the CPU's bfloat16 matrix units (AMX / AVX512-BF16): on this project's
-2-core Xeon, ResNet-20 trains 2.2x faster in float and 1.7x faster under W4A4 QAT
+bf16 runs the convolutions on the CPU's bfloat16 units (AMX / AVX512-BF16): on this project's 2-core
+machines ResNet-20 trains 1.75-2.2x faster in float and 1.7x faster under W4A4 QAT
 (``benchmarks/defense_epoch_cost.py --only "float,qat (bf16)"``). Master weights, the optimizer and evaluation stay
 fp32, so every reported accuracy is fp32 inference. Quantizers see bf16 activations, whose 8 significant
 bits hold every integer level up to 256 exactly; the rounding decision of a value near a level boundary is
