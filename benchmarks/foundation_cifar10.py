@@ -14,12 +14,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from qadtr.calibration import calibrate
-from qadtr.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from qadtr.calibration.checkpoint import calibrate_checkpoint
+from qadtr.checkpoint import load_checkpoint, save_checkpoint
 from qadtr.data.arrays import load_dataset
 from qadtr.data.loader import BatchLoader
 from qadtr.evaluate import accuracy_per_bits
-from qadtr.io import versions, write_json, write_text
+from qadtr.io import sha256_file, versions, write_json, write_text
 from qadtr.train import TrainConfig, train
 
 TARGETS = {"float": {32: 0.900}, "qat": {8: 0.900, 4: 0.885, 2: 0.800}}
@@ -38,20 +38,16 @@ def run_training(cfg: TrainConfig, out: Path) -> dict:
             "images_per_s": m[-1]["images_per_s"]}
 
 
-def run_ptq(float_ckpt: Path, bits, out: Path, data_dir, seed: int) -> dict:
+def run_ptq(src: Path, bits, out: Path, data_dir, seed: int) -> dict:
+    """``qadtr calibrate``'s PTQ of ``src`` at ``bits`` (widths ``src`` already has keep their state)."""
     t0 = time.time()
-    payload = load_checkpoint(float_ckpt)
-    model = model_from_checkpoint(payload, bits=sorted(set(bits) | {32}))
     train_set = load_dataset("cifar10", "train", data_dir)
-    # Augmented like training: the float BN statistics were accumulated over augmented batches.
-    calibrate(model, BatchLoader(train_set, 128, shuffle=True, augment=True, seed=seed), bits, num_batches=8)
+    model, payload = calibrate_checkpoint(load_checkpoint(src), bits, train_set, seed=seed,
+                                          source_sha256=sha256_file(src))
     seconds = time.time() - t0
-    save_checkpoint(out, {"config": {**payload["config"], "model_bits": sorted(set(bits) | {32}),
-                                     "defense": "ptq(float)"},
-                          "trained_bits": sorted(set(bits) | {32}), "epoch": payload["epoch"],
-                          "model": model.state_dict(), "metrics": payload["metrics"], "versions": versions()})
+    save_checkpoint(out, payload)
     test = BatchLoader(load_dataset("cifar10", "test", data_dir), 256)
-    acc = accuracy_per_bits(model, test, sorted(set(bits) | {32}, reverse=True))
+    acc = accuracy_per_bits(model, test, sorted(model.bit_choices, reverse=True))
     return {"checkpoint": str(out), "test_acc": {str(b): a for b, a in acc.items()}, "calibration_seconds": seconds}
 
 

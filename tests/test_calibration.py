@@ -44,3 +44,30 @@ def test_calibration_updates_only_the_calibrated_bit_widths_bn(tiny_model):
     after = tiny_model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
     assert not torch.equal(tiny_model.stem.bn.bns["8"].running_var, torch.ones(8))
+
+
+def _checkpoint_of(model, defense="qat"):
+    return {"config": {"arch": "tiny", "num_classes": 10, "model_bits": sorted(model.bit_choices),
+                       "defense": defense},
+            "trained_bits": sorted(model.bit_choices), "epoch": 1, "model": model.state_dict()}
+
+
+def test_calibrating_a_checkpoint_adds_the_named_widths_and_keeps_the_trained_ones():
+    from qadtr.calibration.checkpoint import calibrate_checkpoint
+    from qadtr.checkpoint import model_from_checkpoint
+
+    trained = qadtr.create_model("tiny", bits=(4, 32))
+    with torch.no_grad():  # a trained 4-bit width: BN statistics no calibration would produce
+        trained.stem.bn.bns["4"].running_mean.fill_(0.123)
+    model, payload = calibrate_checkpoint(_checkpoint_of(trained), [8, 2], synthetic(256, seed=0), batch_size=64,
+                                          num_batches=2)
+    assert sorted(model.bit_choices) == [2, 4, 8, 32]
+    assert payload["config"]["model_bits"] == [2, 4, 8, 32]
+    assert payload["config"]["defense"] == "ptq(qat)"
+    assert torch.all(model.stem.bn.bns["4"].running_mean == 0.123)  # not recalibrated
+    assert not torch.equal(model.stem.bn.bns["8"].running_var, torch.ones(8))  # calibrated
+    reloaded = model_from_checkpoint(payload)
+    x = torch.rand(4, 3, 32, 32)
+    for b in (8, 4, 2):
+        with qadtr.bits(reloaded, b), qadtr.bits(model, b):
+            assert torch.allclose(reloaded.eval()(x), model.eval()(x))

@@ -140,11 +140,15 @@ def eval_cmd(ckpt, bits, n, batch_size, dataset, data_dir, seed, out, as_json):
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Calibrated checkpoint to write.")
 @json_options
 def calibrate_cmd(float_ckpt, bits, num_batches, batch_size, augment, eval_n, dataset, data_dir, seed, out, as_json):
-    """Post-training quantization: thresholds and BN statistics from data, no training."""
+    """Post-training quantization: thresholds and BN statistics from data, no training.
+
+    Calibrates the --bits widths of FLOAT_CKPT's model (any qadtr checkpoint; usually a float one). Widths the
+    checkpoint already has and --bits does not name keep their trained thresholds and BN.
+    """
     import torch
 
-    from .calibration import calibrate
-    from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from .calibration.checkpoint import calibrate_checkpoint
+    from .checkpoint import load_checkpoint, save_checkpoint
     from .data.arrays import load_dataset
     from .data.loader import BatchLoader
     from .evaluate import accuracy_per_bits
@@ -153,20 +157,13 @@ def calibrate_cmd(float_ckpt, bits, num_batches, batch_size, augment, eval_n, da
     bit_list = parse_bits(bits, allow_float=False)
     torch.manual_seed(seed)
     payload = load_checkpoint(float_ckpt)
-    model_bits = sorted(set(bit_list) | {32})
-    model = model_from_checkpoint(payload, bits=model_bits)
     train = load_dataset(dataset, "train", data_dir, seed=seed)
     test = load_dataset(dataset, "test", data_dir, seed=seed).subset(eval_n, seed)
-    calibrate(model, BatchLoader(train, batch_size, shuffle=True, augment=augment, seed=seed), bit_list,
-              num_batches=num_batches)
-    config = {**payload["config"], "model_bits": model_bits, "defense": f"ptq({payload['config']['defense']})"}
-    trained = sorted(set(payload["trained_bits"]) | set(bit_list))
-    save_checkpoint(out, {"config": config, "trained_bits": trained, "classes": payload.get("classes"),
-                          "epoch": payload.get("epoch", 0), "model": model.state_dict(),
-                          "metrics": payload.get("metrics", []), "versions": versions(),
-                          "calibration": {"bits": bit_list, "num_batches": num_batches, "batch_size": batch_size,
-                                          "augment": augment, "seed": seed, "source_sha256": sha256_file(float_ckpt)}})
-    acc = accuracy_per_bits(model, BatchLoader(test, 256), sorted(trained, reverse=True))
+    model, calibrated = calibrate_checkpoint(payload, bit_list, train, batch_size=batch_size,
+                                             num_batches=num_batches, augment=augment, seed=seed,
+                                             source_sha256=sha256_file(float_ckpt))
+    save_checkpoint(out, calibrated)
+    acc = accuracy_per_bits(model, BatchLoader(test, 256), sorted(model.bit_choices, reverse=True))
     result = {"checkpoint": str(out), "source": str(float_ckpt), "source_sha256": sha256_file(float_ckpt),
               "accuracy": {str(b): a for b, a in acc.items()}, "images": len(test), "seed": seed,
               "data_sha256": train.sha256(), "versions": versions()}
