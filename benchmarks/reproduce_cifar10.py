@@ -1,7 +1,7 @@
 """Issue 4's defense table on CIFAR-10 from scratch: every defense from one float ResNet-20, then the protocol.
 
-Stages, each resumable (a finished run is reused, an unfinished one continues with --resume, a finished
-evaluation is reused when its JSON exists) and each with its wall time in the output:
+Stages, each resumable (a finished run is reused, an unfinished one continues with --resume, a PTQ file or an
+evaluation is reused when it was made from the same checkpoint, by sha256) and each with its wall time:
 
 1. ``float``: float ResNet-20 (shared with ``foundation_cifar10.py`` when --runs is the same folder);
 2. ``qat``: plain QAT at 8, 4 and 2 bits from the float checkpoint; the "plain QAT" row is the precision
@@ -34,9 +34,10 @@ from pathlib import Path
 import torch
 from foundation_cifar10 import qat_epoch_plan, run_ptq, run_training
 from qadtr.attacks.protocol import robustness
+from qadtr.checkpoint import load_checkpoint
 from qadtr.data.arrays import load_dataset
 from qadtr.family import load_model_or_family
-from qadtr.io import versions, write_json, write_text
+from qadtr.io import sha256_file, versions, write_json, write_text
 from qadtr.train import TrainConfig
 
 BITS = [32, 8, 4, 2]
@@ -57,7 +58,7 @@ ROWS = ["qat", "qat_switchable", "pbat", "dwq", "qadtr", "qadtr_no_gir", "qadtr_
 
 
 def evaluate(name: str, spec: str, args, out: Path) -> dict:
-    """The robustness protocol on ``spec`` (a checkpoint or a family), reused when its JSON exists."""
+    """The robustness protocol on ``spec`` (a checkpoint or a family), reused when made on the same model."""
     path = out / "robustness.json"
     _, model, sha = load_model_or_family(spec)
     if path.exists() and (done := json.loads(path.read_text())).get("model_sha256") == sha:
@@ -144,7 +145,7 @@ def main():
     p.add_argument("--attack-steps", type=int, default=500)
     p.add_argument("--n", type=int, default=2000, help="Test images the protocol scores on.")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="Training precision of runs this invocation trains (bf16: about 2x faster on AMX CPUs).")
+                   help="Training precision of runs this invocation trains (bf16: 1.7-2.2x faster on bf16 CPUs).")
     p.add_argument("--train-only", action="store_true", help="Train every run, evaluate none (evaluate later).")
     p.add_argument("--skip-qat-eval", action="store_true",
                    help="Do not evaluate the plain-QAT family (adding rows, e.g. ablations, to a table that has it).")
@@ -186,7 +187,8 @@ def main():
         spec = str(runs / name / "checkpoint.pt")
         if name in PTQ_AFTER:
             ptq = runs / f"{name}_ptq.pt"
-            if not ptq.exists():
+            made_from = load_checkpoint(ptq).get("calibration", {}).get("source_sha256") if ptq.exists() else None
+            if made_from != sha256_file(spec):
                 run_ptq(Path(spec), PTQ_AFTER[name], ptq, args.data_dir, args.seed)
             spec = str(ptq)
         if not args.train_only:

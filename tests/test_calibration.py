@@ -46,10 +46,10 @@ def test_calibration_updates_only_the_calibrated_bit_widths_bn(tiny_model):
     assert not torch.equal(tiny_model.stem.bn.bns["8"].running_var, torch.ones(8))
 
 
-def _checkpoint_of(model, defense="qat"):
+def _qat_checkpoint_of(model, trained_bits):
     return {"config": {"arch": "tiny", "num_classes": 10, "model_bits": sorted(model.bit_choices),
-                       "defense": defense},
-            "trained_bits": sorted(model.bit_choices), "epoch": 1, "model": model.state_dict()}
+                       "defense": "qat"},
+            "trained_bits": trained_bits, "epoch": 1, "model": model.state_dict()}
 
 
 def test_calibrating_a_checkpoint_adds_the_named_widths_and_keeps_the_trained_ones():
@@ -59,11 +59,12 @@ def test_calibrating_a_checkpoint_adds_the_named_widths_and_keeps_the_trained_on
     trained = qadtr.create_model("tiny", bits=(4, 32))
     with torch.no_grad():  # a trained 4-bit width: BN statistics no calibration would produce
         trained.stem.bn.bns["4"].running_mean.fill_(0.123)
-    model, payload = calibrate_checkpoint(_checkpoint_of(trained), [8, 2], synthetic(256, seed=0), batch_size=64,
-                                          num_batches=2)
+    model, payload = calibrate_checkpoint(_qat_checkpoint_of(trained, [4]), [8, 2], synthetic(256, seed=0),
+                                          batch_size=64, num_batches=2)
     assert sorted(model.bit_choices) == [2, 4, 8, 32]
     assert payload["config"]["model_bits"] == [2, 4, 8, 32]
     assert payload["config"]["defense"] == "ptq(qat)"
+    assert payload["trained_bits"] == [2, 4, 8]  # the never-trained float path is not claimed
     assert torch.all(model.stem.bn.bns["4"].running_mean == 0.123)  # not recalibrated
     assert not torch.equal(model.stem.bn.bns["8"].running_var, torch.ones(8))  # calibrated
     reloaded = model_from_checkpoint(payload)

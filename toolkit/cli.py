@@ -156,15 +156,15 @@ def calibrate_cmd(float_ckpt, bits, num_batches, batch_size, augment, eval_n, da
 
     bit_list = parse_bits(bits, allow_float=False)
     torch.manual_seed(seed)
-    payload = load_checkpoint(float_ckpt)
+    payload, source_sha256 = load_checkpoint(float_ckpt), sha256_file(float_ckpt)
     train = load_dataset(dataset, "train", data_dir, seed=seed)
     test = load_dataset(dataset, "test", data_dir, seed=seed).subset(eval_n, seed)
     model, calibrated = calibrate_checkpoint(payload, bit_list, train, batch_size=batch_size,
                                              num_batches=num_batches, augment=augment, seed=seed,
-                                             source_sha256=sha256_file(float_ckpt))
+                                             source_sha256=source_sha256)
     save_checkpoint(out, calibrated)
     acc = accuracy_per_bits(model, BatchLoader(test, 256), sorted(model.bit_choices, reverse=True))
-    result = {"checkpoint": str(out), "source": str(float_ckpt), "source_sha256": sha256_file(float_ckpt),
+    result = {"checkpoint": str(out), "source": str(float_ckpt), "source_sha256": source_sha256,
               "accuracy": {str(b): a for b, a in acc.items()}, "images": len(test), "seed": seed,
               "data_sha256": train.sha256(), "versions": versions()}
     emit(result, format_table(["bits", "accuracy"], [[b, f"{a:.2%}"] for b, a in acc.items()]), None, as_json)
