@@ -51,11 +51,11 @@ def run_ptq(src: Path, bits, out: Path, data_dir, seed: int) -> dict:
     return {"checkpoint": str(out), "test_acc": {str(b): a for b, a in acc.items()}, "calibration_seconds": seconds}
 
 
-def qat_epoch_plan(text: str, bits: list[int]) -> dict[int, int]:
-    """``"10"`` -> 10 epochs at every bit-width; ``"8:4,4:8,2:10"`` -> per bit-width."""
+def per_bits(text: str, bits: list[int], cast=int) -> dict[int, object]:
+    """``"10"`` -> 10 at every bit-width; ``"8:4,4:8,2:10"`` -> per bit-width."""
     if ":" not in text:
-        return {b: int(text) for b in bits}
-    plan = {int(k): int(v) for k, v in (pair.split(":") for pair in text.split(","))}
+        return {b: cast(text) for b in bits}
+    plan = {int(k): cast(v) for k, v in (pair.split(":") for pair in text.split(","))}
     return {b: plan[b] for b in bits}
 
 
@@ -85,12 +85,17 @@ def main():
     p.add_argument("--qat-epochs", default="8:4,4:8,2:10",
                    help="QAT epochs: one number for every bit-width, or bits:epochs pairs (at most 10 each).")
     p.add_argument("--qat-bits", default="8,4,2")
+    p.add_argument("--qat-lr", default="0.01", help="QAT peak LR: one number, or bits:lr pairs.")
+    p.add_argument("--qat-distill-weight", type=float, default=0.0,
+                   help="Distil QAT from the float stage's model with this soft-target weight (0: off).")
+    p.add_argument("--qat-distill-temperature", type=float, default=1.0)
     p.add_argument("--stages", default="float,ptq,qat")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     stages = args.stages.split(",")
     qat_bits = [int(b) for b in args.qat_bits.split(",")]
-    qat_epochs = qat_epoch_plan(args.qat_epochs, qat_bits)
+    qat_epochs = per_bits(args.qat_epochs, qat_bits)
+    qat_lr = per_bits(args.qat_lr, qat_bits, float)
     results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "seed": args.seed,
                "versions": versions(), "args": {k: str(v) for k, v in vars(args).items()}, "stages": {}}
@@ -112,9 +117,12 @@ def main():
         save()
     if "qat" in stages:
         for b in qat_bits:
-            cfg = TrainConfig(arch="resnet20", defense="qat", bits=[b], epochs=qat_epochs[b],
-                              init=str(float_dir / "checkpoint.pt"), precision=args.precision,
-                              data_dir=args.data_dir, seed=args.seed)
+            float_ckpt = str(float_dir / "checkpoint.pt")
+            distill = {"teacher": float_ckpt, "distill_weight": args.qat_distill_weight,
+                       "distill_temperature": args.qat_distill_temperature} if args.qat_distill_weight > 0 else {}
+            cfg = TrainConfig(arch="resnet20", defense="qat", bits=[b], epochs=qat_epochs[b], lr=qat_lr[b],
+                              init=float_ckpt, precision=args.precision, data_dir=args.data_dir, seed=args.seed,
+                              **distill)
             results["stages"][f"qat_w{b}a{b}"] = run_training(cfg, args.runs / f"qat_w{b}a{b}")
             save()
     print(markdown(results))

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from foundation_cifar10 import qat_epoch_plan, run_ptq, run_training
+from foundation_cifar10 import per_bits, run_ptq, run_training
 from qadtr.attacks.protocol import robustness
 from qadtr.checkpoint import load_checkpoint
 from qadtr.data.arrays import load_dataset
@@ -167,7 +167,7 @@ def main():
                                                          warmup_epochs=args.float_warmup_epochs, **common),
                                              runs / "float")
     save()
-    plan = qat_epoch_plan(args.qat_epochs, [8, 4, 2])
+    plan = per_bits(args.qat_epochs, [8, 4, 2])
     qat_seconds = 0.0
     for b in (8, 4, 2):
         r = run_training(TrainConfig(defense="qat", bits=[b], epochs=plan[b], init=str(float_ckpt), **common),

@@ -45,13 +45,17 @@ def _bad_inputs(tmp_path, ckpt):
         "checkpoint for another arch": ("train", "--arch", "resnet20", "--init", ckpt, "--dataset", "synthetic",
                                         "--out", out),
         "calibrate float bits": ("calibrate", ckpt, "--bits", "32", "--out", tmp_path / "c.pt"),
+        "teacher for a patch defense": ("train", "--arch", "tiny", "--defense", "pbat", "--teacher", ckpt,
+                                        "--dataset", "synthetic", "--out", out),
+        "missing teacher": ("train", "--arch", "tiny", "--teacher", tmp_path / "none.pt", "--dataset", "synthetic",
+                            "--out", out),
     }
 
 
 @pytest.mark.parametrize("case", [
     "unknown arch", "bits 9", "bits 1", "bits not in set", "bits garbage", "missing data folder",
     "empty data folder", "truncated checkpoint", "missing checkpoint", "checkpoint for another arch",
-    "calibrate float bits"])
+    "calibrate float bits", "teacher for a patch defense", "missing teacher"])
 def test_bad_input_is_one_line_and_exit_2(run_cli, tmp_path, tiny_ckpt, case):
     code, out, err = run_cli(*_bad_inputs(tmp_path, tiny_ckpt)[case])
     assert code == 2

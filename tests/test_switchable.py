@@ -124,3 +124,45 @@ def test_registry():
     m = qadtr.create_model("resnet56", bits=(4, 32), num_classes=7)
     assert m(torch.rand(1, 3, 32, 32)).shape == (1, 7)
     assert m.bit_choices == (4, 32)
+
+
+def _conv_thresholds(conv):
+    from qadtr.quant import WeightThreshold
+
+    return next(m for m in conv.weight_quant.modules() if isinstance(m, WeightThreshold))
+
+
+@pytest.mark.parametrize("w", [2, 4])
+def test_projection_revives_a_dead_channel_and_leaves_sane_thresholds_alone(tiny_model, w):
+    from qadtr.quant import project_weight_thresholds
+
+    qadtr.set_bits(tiny_model, w)
+    tiny_model(torch.rand(2, 3, 32, 32))  # thresholds initialise on first use
+    conv = largest_conv(tiny_model)
+    param = _conv_thresholds(conv).thresholds[str(w)]
+    before = param.detach().clone()
+    amax = conv.weight.detach().abs().flatten(1).amax(1)
+    with torch.no_grad():
+        param[0] = 3 * amax[0]  # above 2 max|w|: at 2 bits every weight of channel 0 rounds to zero
+    if w == 2:
+        assert (conv.quant_weight().int()[0] == 0).all()
+    assert project_weight_thresholds(tiny_model) == 1
+    assert param[0].item() == pytest.approx(amax[0].item())
+    assert torch.equal(param[1:], before[1:].abs())  # MSE-initialised thresholds sit below max |w|
+    ints = conv.quant_weight().int()[0]
+    assert ints.abs().max() == 2 ** (w - 1) - 1  # the channel's largest weight reaches the top level again
+    assert project_weight_thresholds(tiny_model) == 0
+
+
+def test_training_never_leaves_a_threshold_above_max_abs_weight(tmp_path):
+    from qadtr.checkpoint import load_checkpoint, model_from_checkpoint
+    from qadtr.train import TrainConfig, train
+
+    record = train(TrainConfig(arch="tiny", defense="qat", bits=[2], dataset="synthetic", epochs=1, batch_size=32,
+                               lr=0.5, seed=0), tmp_path, quiet=True)
+    assert record["epochs"][0]["thresholds_clamped"] > 0  # at this LR LSQ pushes thresholds past max |w|
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "checkpoint.pt"))
+    qadtr.set_bits(model, 2)
+    for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
+        t = _conv_thresholds(conv).thresholds["2"].detach().abs().flatten()
+        assert (t <= conv.weight.detach().abs().flatten(1).amax(1) + 1e-7).all()

@@ -56,6 +56,11 @@ def models_cmd(as_json):
               help="bf16: train under bfloat16 autocast with channels-last tensors (about 2x faster on CPUs with "
                    "AMX or AVX512-BF16); the weights, the optimizer and evaluation stay fp32.")
 @click.option("--init", type=click.Path(dir_okay=False), default=None, help="Start from this checkpoint.")
+@click.option("--teacher", type=click.Path(dir_okay=False), default=None,
+              help="float, qat: distil from this checkpoint (Hinton et al. 2015), run at its float path.")
+@click.option("--distill-weight", default=0.5, type=float,
+              help="With --teacher: share of the soft-target loss; 1.0 ignores the labels.")
+@click.option("--distill-temperature", default=1.0, type=float, help="With --teacher: softmax temperature T.")
 @click.option("--train-subset", default=None, type=int, help="Train on a seeded subset of N images.")
 @click.option("--eval-subset", default=None, type=int, help="Evaluate on a seeded subset of N test images.")
 @dataset_option

@@ -178,3 +178,31 @@ class SwitchableIntActQuant(Int8ActPerTensorFloat):
     bit_width_impl = SwitchableBitWidth
     scaling_impl = ActThreshold
     role = "fixed_act"
+
+
+@torch.no_grad()
+def project_weight_thresholds(model: nn.Module) -> int:
+    """Clamp every initialised weight threshold to its channel's max |w|; returns how many were clamped.
+
+    The trainer calls this after every optimizer step (projected SGD). A threshold above max |w| buys no
+    range, only coarser levels, and at 2 bits (levels -t, 0, t) one above 2 max |w| rounds the whole
+    output channel to zero. LSQ's step-size gradient with momentum drives thresholds there: unprojected
+    W2A2 QAT of ResNet-20 ended with 132 of 768 channels dead (docs/method.md). With the projection the
+    largest weight of a channel always maps to the top level, so no channel can die.
+    """
+    clamped = 0
+    for layer in model.modules():
+        weight, quant = getattr(layer, "weight", None), getattr(layer, "weight_quant", None)
+        if weight is None or quant is None:
+            continue
+        for m in quant.modules():
+            if not isinstance(m, WeightThreshold):
+                continue
+            amax = weight.detach().abs().amax(dim=m.reduce_dims, keepdim=True).clamp_min(1e-8)
+            for key, param in m.thresholds.items():
+                if not bool(getattr(m, f"initialized_{key}")):
+                    continue
+                over = param.abs() > amax.view(param.shape)
+                clamped += int(over.sum())
+                param.copy_(torch.where(over, amax.view(param.shape), param.abs()))
+    return clamped

@@ -20,7 +20,7 @@ from .evaluate import accuracy_per_bits
 from .io import sha256_file, versions, write_json
 from .models import create_model, list_models
 from .precision import PRECISIONS, autocast, memory_format
-from .quant import FLOAT_BITS, validate_bits
+from .quant import FLOAT_BITS, project_weight_thresholds, validate_bits
 
 SCHEDULES = ("cosine", "onecycle")
 
@@ -55,6 +55,9 @@ class TrainConfig(DefenseParams):
     train_subset: int | None = None
     eval_subset: int | None = None
     init: str | None = None
+    teacher: str | None = None  # float and qat: distil from this checkpoint (qadtr.distill)
+    distill_weight: float = 0.5  # share of the soft-target term; 1.0 ignores the labels
+    distill_temperature: float = 1.0
     seed: int = 0
 
     def resolved(self) -> TrainConfig:
@@ -81,12 +84,20 @@ class TrainConfig(DefenseParams):
             raise QadtrError("GIR compares two bit-widths: give --bits a quantized width, or --gir-lambda 0")
         if self.cutout < 0:
             raise QadtrError(f"--cutout must be 0 (off) or a positive side in pixels, got {self.cutout}")
+        if self.teacher and self.defense not in ("float", "qat"):
+            raise QadtrError(f"--teacher works with --defense float or qat, not {self.defense}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise QadtrError(f"--distill-weight must be in [0, 1], got {self.distill_weight!r}")
+        if not self.distill_temperature > 0:
+            raise QadtrError(f"--distill-temperature must be positive, got {self.distill_temperature!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise QadtrError("--epochs and --batch-size must be positive")
         lr = self.lr if self.lr is not None else (0.01 if self.init else 0.1)
         init = str(Path(self.init).resolve()) if self.init else None
         data_dir = str(Path(self.data_dir).resolve()) if self.data_dir else None
-        return TrainConfig(**{**asdict(self), "bits": bits, "lr": lr, "init": init, "data_dir": data_dir})
+        teacher = str(Path(self.teacher).resolve()) if self.teacher else None
+        return TrainConfig(**{**asdict(self), "bits": bits, "lr": lr, "init": init, "data_dir": data_dir,
+                              "teacher": teacher})
 
     @property
     def model_bits(self) -> list[int]:
@@ -166,7 +177,14 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
                                 nesterov=True)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    defense = build_defense(cfg, model, criterion)
+    distill, teacher_bits = None, None
+    if cfg.teacher:
+        from .distill import Distillation, load_teacher
+
+        teacher, teacher_bits = load_teacher(cfg.teacher, num_classes)
+        inputs["teacher_sha256"] = sha256_file(cfg.teacher)
+        distill = Distillation(memory_format(teacher, cfg.precision), cfg.distill_weight, cfg.distill_temperature)
+    defense = build_defense(cfg, model, criterion, distill=distill)
     if payload is not None:
         optimizer.load_state_dict(payload["optimizer"])
         defense.load_state_dict(payload.get("defense_state", {}))
@@ -182,6 +200,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
               "versions": versions(), "inputs": inputs, "seed": cfg.seed}
     if defense.describe():
         record["defense"] = defense.describe()
+    if teacher_bits is not None:
+        record["teacher_bits"] = teacher_bits
 
     model = memory_format(model, cfg.precision)
     for epoch in range(start_epoch, cfg.epochs):
@@ -191,6 +211,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
         model.train()
         t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
         visits = {str(b): 0 for b in cfg.bits}
+        clamped = 0  # weight thresholds pulled back to max |w| (qadtr.quant.project_weight_thresholds)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=quiet, file=sys.stderr,
                    mininterval=0.5 if sys.stderr.isatty() else 30, leave=False)
         for i, (x, y) in enumerate(bar):
@@ -204,6 +225,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
             loss.backward()
             defense.before_optimizer_step(step)
             optimizer.step()
+            clamped += project_weight_thresholds(model)
             seen += len(y)
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
@@ -215,7 +237,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
             "epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
             "test_acc": {str(k): v for k, v in test_acc.items()}, "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": seen / train_time, "train_seconds": train_time,
-            "epoch_seconds": time.time() - t0, "bits_visits": visits,
+            "epoch_seconds": time.time() - t0, "bits_visits": visits, "thresholds_clamped": clamped,
             **({"defense_stats": stats} if (stats := defense.epoch_stats()) else {}),
         })
         save_checkpoint(ckpt_path, {

@@ -21,10 +21,18 @@ _REGISTRY = {
 DEFENSES = tuple(_REGISTRY)
 
 
-def build_defense(cfg, model, criterion):
-    """The defense ``cfg.defense`` for ``model``, trained with ``criterion``."""
+def build_defense(cfg, model, criterion, distill=None):
+    """The defense ``cfg.defense`` for ``model``, trained with ``criterion``.
+
+    ``distill`` (a ``qadtr.distill.Distillation``) mixes a teacher's soft targets into float and qat.
+    """
     module, cls = _REGISTRY[cfg.defense]
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)(cfg, model, criterion)
+    defense_cls = getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    if distill is None:
+        return defense_cls(cfg, model, criterion)
+    if cfg.defense not in ("float", "qat"):
+        raise ValueError(f"distillation is implemented for float and qat, not {cfg.defense}")
+    return defense_cls(cfg, model, criterion, distill=distill)
 
 
 __all__ = ["DEFENSES", "DefenseParams", "build_defense", "defense_options"]

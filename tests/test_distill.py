@@ -1,0 +1,84 @@
+"""Distillation from a teacher checkpoint (qadtr.distill) in float and qat training."""
+import json
+
+import pytest
+import torch
+from qadtr.checkpoint import load_checkpoint
+from qadtr.distill import Distillation, distillation_loss, load_teacher
+from qadtr.errors import QadtrError
+from qadtr.io import sha256_file
+from qadtr.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def float_teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    train(TrainConfig(arch="tiny", defense="float", dataset="synthetic", epochs=2, batch_size=64, seed=5), out,
+          quiet=True)
+    return out / "checkpoint.pt"
+
+
+def test_distillation_loss_is_zero_only_when_the_student_matches_the_teacher():
+    teacher = torch.randn(16, 10)
+    assert distillation_loss(teacher.clone(), teacher, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(teacher + torch.randn(16, 10), teacher, 2.0).item() > 0.01
+    # A constant shift of the logits is the same distribution.
+    assert distillation_loss(teacher + 3.0, teacher, 1.0).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_distillation_gradient_moves_the_student_towards_the_teacher():
+    teacher = torch.randn(8, 10)
+    student = torch.zeros(8, 10, requires_grad=True)
+    before = distillation_loss(student, teacher, 1.0)
+    before.backward()
+    with torch.no_grad():
+        stepped = student - 1.0 * student.grad
+    assert distillation_loss(stepped, teacher, 1.0) < before
+    # At T = 1 the gradient is (softmax(student) - softmax(teacher)) / batch.
+    expected = (torch.softmax(student.detach(), 1) - torch.softmax(teacher, 1)) / 8
+    assert torch.allclose(student.grad, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
+def test_weight_mixes_hard_and_soft_losses(weight):
+    teacher_net = torch.nn.Linear(4, 3)
+    x, student_logits = torch.randn(5, 4), torch.randn(5, 3)
+    hard = torch.tensor(2.0)
+    soft = distillation_loss(student_logits, teacher_net(x).detach(), 1.0)
+    mixed = Distillation(teacher_net, weight, 1.0)(student_logits, x, hard)
+    assert mixed.item() == pytest.approx((1 - weight) * 2.0 + weight * soft.item(), rel=1e-6)
+
+
+def test_load_teacher_runs_the_float_path_frozen(float_teacher):
+    teacher, bits = load_teacher(float_teacher, num_classes=10)
+    assert bits == 32 and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    with pytest.raises(QadtrError, match="classes"):
+        load_teacher(float_teacher, num_classes=100)
+
+
+def test_qat_with_a_teacher_trains_records_the_teacher_and_differs_from_plain_qat(tmp_path, float_teacher):
+    base = dict(arch="tiny", defense="qat", bits=[2], dataset="synthetic", epochs=1, batch_size=64, seed=1,
+                init=str(float_teacher))
+    plain = train(TrainConfig(**base), tmp_path / "plain", quiet=True)
+    distilled = train(TrainConfig(**base, teacher=str(float_teacher), distill_weight=1.0), tmp_path / "kd",
+                      quiet=True)
+    metrics = json.loads((tmp_path / "kd" / "metrics.json").read_text())
+    assert metrics["inputs"]["teacher_sha256"] == sha256_file(float_teacher)
+    assert metrics["teacher_bits"] == 32 and metrics["config"]["distill_weight"] == 1.0
+    loss_kd, loss_plain = distilled["epochs"][0]["train_loss"], plain["epochs"][0]["train_loss"]
+    assert torch.isfinite(torch.tensor(loss_kd)) and loss_kd != loss_plain
+    ckpt = load_checkpoint(tmp_path / "kd" / "checkpoint.pt")
+    assert ckpt["config"]["teacher"] == str(float_teacher.resolve())
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"defense": "qadtr", "bits": [32, 2]}, "--teacher works with --defense float or qat"),
+    ({"distill_weight": 1.5}, "--distill-weight must be in"),
+    ({"distill_temperature": 0.0}, "--distill-temperature must be positive"),
+])
+def test_bad_distillation_settings_are_refused(change, message):
+    cfg = TrainConfig(**{"arch": "tiny", "defense": "qat", "bits": [4], "teacher": "t.pt", **change})
+    with pytest.raises(QadtrError, match=message):
+        cfg.resolved()
+
