@@ -28,11 +28,9 @@ def build_defense(cfg, model, criterion, distill=None):
     """
     module, cls = _REGISTRY[cfg.defense]
     defense_cls = getattr(importlib.import_module(f"{__name__}.{module}"), cls)
-    if distill is None:
-        return defense_cls(cfg, model, criterion)
-    if cfg.defense not in ("float", "qat"):
-        raise ValueError(f"distillation is implemented for float and qat, not {cfg.defense}")
-    return defense_cls(cfg, model, criterion, distill=distill)
+    # TrainConfig.resolved has already refused a teacher for any defense but float and qat.
+    extra = {} if distill is None else {"distill": distill}
+    return defense_cls(cfg, model, criterion, **extra)
 
 
 __all__ = ["DEFENSES", "DefenseParams", "build_defense", "defense_options"]
