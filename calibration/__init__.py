@@ -20,7 +20,7 @@ from torch import nn
 from ..quant import FLOAT_BITS, SwitchableThreshold
 from ..switchable import SwitchableBatchNorm2d, set_bits
 
-__all__ = ["calibrate"]
+__all__ = ["calibrate", "reestimate_bn"]
 
 
 def _reset_thresholds(model: nn.Module) -> None:
@@ -30,7 +30,8 @@ def _reset_thresholds(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def _reestimate_bn(model: nn.Module, batches) -> None:
+def reestimate_bn(model: nn.Module, batches) -> None:
+    """Recompute the active bit-width's BatchNorm statistics as a plain average over ``batches``."""
     bns = [m.bns[m.active] for m in model.modules() if isinstance(m, SwitchableBatchNorm2d)]
     model.eval()
     for bn in bns:
@@ -63,6 +64,6 @@ def calibrate(model: nn.Module, loader, bits, num_batches: int = 8, rounds: int 
                 _reset_thresholds(model)
                 model.eval()
                 model(torch.cat(batches[:2]))  # thresholds initialise on this forward
-            _reestimate_bn(model, batches)
+            reestimate_bn(model, batches)
     set_bits(model, *previous)
     return model

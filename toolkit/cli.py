@@ -52,6 +52,11 @@ def models_cmd(as_json):
 @click.option("--label-smoothing", default=0.0, type=float)
 @click.option("--cutout", default=0, type=int, help="Zero a random square of this side in each training image "
                                                    "(DeVries & Taylor 2017; 16 on CIFAR-10); 0: off.")
+@click.option("--swa-epochs", default=0, type=int,
+              help="Stochastic weight averaging (Izmailov et al. 2018): average the weights of the last N epochs, "
+                   "trained at constant --swa-lr, and re-estimate BN; a finished run's checkpoint holds the "
+                   "average. 0: off.")
+@click.option("--swa-lr", default=None, type=float, help="Constant LR of the SWA epochs. Default: a tenth of --lr.")
 @click.option("--precision", default="fp32", type=click.Choice(["fp32", "bf16"]),
               help="bf16: train under bfloat16 autocast with channels-last tensors (about 2x faster on CPUs with "
                    "AMX or AVX512-BF16); the weights, the optimizer and evaluation stay fp32.")
@@ -80,6 +85,9 @@ def train_cmd(out, resume, quiet, as_json, bits, **kwargs):
     record = train(cfg, out, resume=resume, quiet=quiet)
     rows = [[e["epoch"], f"{e['train_loss']:.3f}", *(f"{v:.2%}" for v in e["test_acc"].values()),
              f"{e['images_per_s']:.0f}"] for e in record["epochs"]]
+    if record["epochs"] and "swa_test_acc" in record["epochs"][-1]:
+        last = record["epochs"][-1]
+        rows.append([f"SWA of {last['swa_models']}", "-", *(f"{v:.2%}" for v in last["swa_test_acc"].values()), "-"])
     bit_cols = [f"acc@{b}" for b in record["epochs"][-1]["test_acc"]] if record["epochs"] else []
     emit(record, format_table(["epoch", "loss", *bit_cols, "img/s"], rows), None, as_json)
 

@@ -48,6 +48,8 @@ class TrainConfig(DefenseParams):
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     cutout: int = 0  # side of a zeroed square per training image (DeVries & Taylor 2017); 0: off
+    swa_epochs: int = 0  # average the weights of the last N epochs, trained at constant swa_lr (qadtr.swa)
+    swa_lr: float | None = None  # None: a tenth of the peak LR
     precision: str = "fp32"  # bf16: autocast and channels-last (qadtr.precision); weights stay fp32
     dataset: str = "cifar10"
     data_dir: str | None = None
@@ -92,12 +94,17 @@ class TrainConfig(DefenseParams):
             raise QadtrError(f"--distill-temperature must be positive, got {self.distill_temperature!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise QadtrError("--epochs and --batch-size must be positive")
+        if not 0 <= self.swa_epochs <= self.epochs:
+            raise QadtrError(f"--swa-epochs must be in 0..--epochs ({self.epochs}), got {self.swa_epochs}")
+        if self.swa_lr is not None and not self.swa_lr > 0:
+            raise QadtrError(f"--swa-lr must be positive, got {self.swa_lr!r}")
         lr = self.lr if self.lr is not None else (0.01 if self.init else 0.1)
+        swa_lr = self.swa_lr if self.swa_lr is not None else lr / 10
         init = str(Path(self.init).resolve()) if self.init else None
         data_dir = str(Path(self.data_dir).resolve()) if self.data_dir else None
         teacher = str(Path(self.teacher).resolve()) if self.teacher else None
         return TrainConfig(**{**asdict(self), "bits": bits, "lr": lr, "init": init, "data_dir": data_dir,
-                              "teacher": teacher})
+                              "teacher": teacher, "swa_lr": swa_lr})
 
     @property
     def model_bits(self) -> list[int]:
@@ -119,6 +126,20 @@ def lr_multiplier(step: int, total: int, warmup: int, schedule: str) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The LR of a resolved config at ``step``: its schedule, then constant ``swa_lr`` in the SWA epochs.
+
+    With SWA the schedule anneals to ``swa_lr`` instead of zero, so the averaging phase starts where the
+    schedule ends (the SWA paper's recipe).
+    """
+    swa_start = (cfg.epochs - cfg.swa_epochs) * steps_per_epoch
+    if step >= swa_start:
+        return cfg.swa_lr
+    floor = cfg.swa_lr if cfg.swa_epochs else 0.0
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    return floor + (cfg.lr - floor) * lr_multiplier(step, swa_start, warmup, cfg.schedule)
 
 
 def param_groups(model: nn.Module, weight_decay: float):
@@ -195,7 +216,15 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
     steps = len(loader)
     if steps == 0:
         raise QadtrError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train_data)})")
-    total, warmup = steps * cfg.epochs, int(cfg.warmup_epochs * steps)
+    swa, swa_bn_batches = None, None
+    if cfg.swa_epochs:
+        from .swa import WeightAverage, bn_batches
+
+        swa = WeightAverage()
+        if payload is not None and "swa" in payload:
+            swa.load_state_dict(payload["swa"])
+        swa_bn_batches = bn_batches(BatchLoader(train_data, cfg.batch_size, shuffle=True, augment=True,
+                                                seed=cfg.seed + 1, cutout=cfg.cutout), cfg.batch_size)
     record = {"config": asdict(cfg), "num_classes": num_classes, "classes": list(train_data.classes),
               "versions": versions(), "inputs": inputs, "seed": cfg.seed}
     if defense.describe():
@@ -217,7 +246,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
         for i, (x, y) in enumerate(bar):
             step = epoch * steps + i
             for g in optimizer.param_groups:
-                g["lr"] = cfg.lr * lr_multiplier(step, total, warmup, cfg.schedule)
+                g["lr"] = learning_rate(cfg, step, steps)
             with autocast(cfg.precision):
                 loss, logits, bits = defense.step(memory_format(x, cfg.precision), y, step)
             visits[str(bits)] += 1
@@ -240,17 +269,29 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
             "epoch_seconds": time.time() - t0, "bits_visits": visits, "thresholds_clamped": clamped,
             **({"defense_stats": stats} if (stats := defense.epoch_stats()) else {}),
         })
+        saved = model
+        if swa is not None and epoch >= cfg.epochs - cfg.swa_epochs:
+            swa.update(model)
+            averaged = swa.averaged_model(model, swa_bn_batches, cfg.bits, cfg.precision)
+            swa_acc = accuracy_per_bits(averaged, test_loader, cfg.bits)
+            history[-1].update({"swa_test_acc": {str(k): v for k, v in swa_acc.items()}, "swa_models": swa.count,
+                                "epoch_seconds": time.time() - t0})
+            if epoch + 1 == cfg.epochs:
+                saved = averaged  # a finished SWA run ships the average; until then the live weights resume
         save_checkpoint(ckpt_path, {
             "config": {**asdict(cfg), "model_bits": cfg.model_bits, "num_classes": num_classes},
             "trained_bits": cfg.bits, "classes": list(train_data.classes), "epoch": epoch + 1,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "metrics": history,
+            "model": saved.state_dict(), "optimizer": optimizer.state_dict(), "metrics": history,
             "versions": versions(), **({"defense_state": state} if (state := defense.state_dict()) else {}),
+            **({"swa": swa.state_dict()} if swa is not None and swa.count else {}),
         })
         write_json(out / "metrics.json", {**record, "epochs": history})
         if not quiet:
             accs = "  ".join(f"{b}-bit {a:.2%}" for b, a in test_acc.items())
             counts = " ".join(f"{b}:{n}" for b, n in visits.items())
             dbwt = f"  batches per bit-width {counts}" if len(visits) > 1 else ""
-            print(f"epoch {epoch + 1}/{cfg.epochs}  loss {loss_sum / seen:.3f}  test {accs}  "
+            swa_accs = ("  SWA " + "  ".join(f"{b}-bit {float(a):.2%}" for b, a in history[-1]["swa_test_acc"].items())
+                        if "swa_test_acc" in history[-1] else "")
+            print(f"epoch {epoch + 1}/{cfg.epochs}  loss {loss_sum / seen:.3f}  test {accs}{swa_accs}  "
                   f"{seen / train_time:.0f} img/s{dbwt}", file=sys.stderr)
     return {**record, "epochs": history, "checkpoint": str(ckpt_path)}
