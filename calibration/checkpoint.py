@@ -26,7 +26,8 @@ def calibrate_checkpoint(payload: dict, bits, train_set, *, batch_size: int = 12
     # Augmented like training by default: the BN statistics being replaced were accumulated that way.
     calibrate(model, BatchLoader(train_set, batch_size, shuffle=True, augment=augment, seed=seed), bits,
               num_batches=num_batches)
-    config = {**payload["config"], "model_bits": model_bits, "defense": f"ptq({payload['config']['defense']})"}
+    config = {**payload["config"], "model_bits": model_bits, "defense": f"ptq({payload['config']['defense']})",
+              "policy": model.policy.as_dict()}
     trained = sorted(set(payload.get("trained_bits", [])) | set(bits))  # a stale float path is not "trained"
     out = {"config": config, "trained_bits": trained, "classes": payload.get("classes"),
            "epoch": payload.get("epoch", 0), "model": model.state_dict(), "metrics": payload.get("metrics", []),

@@ -303,8 +303,10 @@ def _bits_series(found) -> tuple[list, list]:
                             "bits": [bits[t] for t in keep], "values": [float(np.nanmean(mean_ctl[t])) for t in keep]})
     for rel, obj in found["train"]:
         last = obj["epochs"][-1] if obj["epochs"] else None
-        if last and last.get("test_acc"):
-            pairs = [(bits_of_label(k), v) for k, v in last["test_acc"].items() if bits_of_label(k) is not None]
+        # A finished SWA run's checkpoint holds the average: its accuracy, not the live model's, is the result.
+        acc = (last.get("swa_test_acc") or last.get("test_acc")) if last else None
+        if acc:
+            pairs = [(bits_of_label(k), v) for k, v in acc.items() if bits_of_label(k) is not None]
             if pairs:
                 clean.append({"label": f"train: {_source_name(rel, obj)} (full test set)",
                               "bits": [b for b, _ in pairs], "values": [v for _, v in pairs]})

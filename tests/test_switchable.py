@@ -2,7 +2,8 @@
 import pytest
 import qadtr
 import torch
-from brevitas.nn import QuantReLU
+from brevitas.nn import QuantConv2d, QuantReLU
+from qadtr.layers import LEGACY_POLICY
 from qadtr.switchable import SwitchableBatchNorm2d, get_bits
 
 
@@ -30,18 +31,44 @@ def test_int_weights_take_exactly_narrow_range_levels_per_channel(resnet20, w):
 
 
 @pytest.mark.parametrize("a", [2, 4, 8])
-def test_activations_take_at_most_2_pow_a_values(resnet20, a):
+def test_every_switchable_conv_reads_at_most_2_pow_a_values(resnet20, a):
+    """'A2' means what each quantized conv reads; the stem reads the 8-bit input (QuantPolicy)."""
     qadtr.set_bits(resnet20, a)
-    seen = []
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
-             for m in resnet20.modules() if isinstance(m, QuantReLU)]
+    seen = {}
+    hooks = [m.register_forward_pre_hook(lambda m, i, name=name: seen.__setitem__(name, i[0].detach()))
+             for name, m in resnet20.named_modules() if isinstance(m, QuantConv2d) and not name.startswith("stem")]
     resnet20(torch.rand(8, 3, 32, 32))
     for h in hooks:
         h.remove()
-    assert len(seen) == 19  # stem + 2 per block
-    for out in seen:
-        assert len(torch.unique(out)) <= 2**a
-    assert max(len(torch.unique(o)) for o in seen) > 2 ** (a - 1)  # the levels are actually used
+    assert len(seen) == 20  # 2 in each of 9 blocks, 2 projection shortcuts
+    for name, x in seen.items():
+        assert len(torch.unique(x)) <= 2**a, name
+    assert max(len(torch.unique(x)) for x in seen.values()) > 2 ** (a - 1)  # the levels are actually used
+
+
+def test_residual_stream_keeps_its_own_width_at_2_bits(resnet20):
+    qadtr.set_bits(resnet20, 2)
+    streams = []
+    hooks = [m.register_forward_hook(lambda m, i, o: streams.append(o.detach()))
+             for name, m in resnet20.named_modules() if name == "stem_act" or name.endswith("act2")]
+    resnet20(torch.rand(8, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert len(streams) == 10
+    assert all(len(torch.unique(s)) <= 2**8 for s in streams)
+    assert max(len(torch.unique(s)) for s in streams) > 2**2  # an 8-bit stream, not a 2-bit one
+
+
+def test_legacy_policy_quantizes_the_stream_at_the_active_width():
+    model = qadtr.create_model("resnet20", bits=(2, 32), policy=LEGACY_POLICY)
+    qadtr.set_bits(model, 2)
+    streams = []
+    hooks = [m.register_forward_hook(lambda m, i, o: streams.append(o.detach()))
+             for m in model.modules() if isinstance(m, QuantReLU)]
+    model(torch.rand(8, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert len(streams) == 19 and all(len(torch.unique(s)) <= 4 for s in streams)
 
 
 def test_outputs_differ_between_bit_widths(resnet20):

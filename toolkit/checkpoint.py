@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import zipfile
 from pathlib import Path
 
 import torch
@@ -36,7 +35,7 @@ def load_checkpoint(path) -> dict:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
         raise CheckpointError(f"refusing to load {path}: it holds objects that could run code ({first[:160]})") \
             from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - garbage bytes raise anything: IndexError, KeyError, ... from the unpickler
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a qadtr checkpoint")
@@ -71,6 +70,24 @@ def load_matching_state(model: torch.nn.Module, state: dict) -> list[str]:
     return fresh
 
 
+def checkpoint_policy(payload: dict):
+    """The ``QuantPolicy`` a checkpoint's quantized widths were trained or calibrated under.
+
+    Saved in ``config["policy"]`` since stream_bits exists. Without it: a state with conv-input quantizers
+    has today's default placement; one without them that holds quantized widths predates the field and used
+    the legacy policy; a float-only one fits any policy, so it gets the default (its quantizers are fresh).
+    """
+    from .layers import LEGACY_POLICY, QuantPolicy
+
+    saved = payload["config"].get("policy")
+    if saved is not None:
+        return QuantPolicy(**saved)
+    if any(".conv_input_quant." in key for key in payload.get("model", {})):
+        return QuantPolicy()
+    quantized = [b for b in payload.get("trained_bits", []) if int(b) != 32]
+    return LEGACY_POLICY if quantized else QuantPolicy()
+
+
 def model_from_checkpoint(payload: dict, arch: str | None = None, bits=None):
     """Rebuild the model a checkpoint describes (or ``arch`` with bit set ``bits`` initialised from it)."""
     from .models import create_model
@@ -79,7 +96,8 @@ def model_from_checkpoint(payload: dict, arch: str | None = None, bits=None):
     config = payload["config"]
     if arch is not None and arch != config["arch"]:
         raise CheckpointError(f"checkpoint is for arch {config['arch']!r}, not {arch!r}")
-    model = create_model(config["arch"], bits=bits or config["model_bits"], num_classes=config["num_classes"])
+    model = create_model(config["arch"], bits=bits or config["model_bits"], num_classes=config["num_classes"],
+                         policy=checkpoint_policy(payload))
     if bits is None:
         model.load_state_dict(payload["model"])
     else:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, load_matching_state, save_checkpoint
+from .checkpoint import checkpoint_policy, load_checkpoint, load_matching_state, save_checkpoint
 from .data.arrays import load_dataset
 from .data.loader import BatchLoader
 from .defenses import DEFENSES, DefenseParams, build_defense
@@ -176,7 +176,11 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
     if cfg.defense in ("pbat", "qadtr") and cfg.patch_size_max > image_side:
         raise QadtrError(f"--patch-size-max {cfg.patch_size_max} does not fit the {image_side}-pixel images")
     num_classes = len(train_data.classes)
-    model = create_model(cfg.arch, bits=cfg.model_bits, num_classes=num_classes)
+    payload = load_checkpoint(ckpt_path) if resume else None
+    # A resumed run keeps the quantizer placement it started with (runs older than stream_bits included).
+    policy = checkpoint_policy(payload) if payload is not None else None
+    model = create_model(cfg.arch, bits=cfg.model_bits, num_classes=num_classes,
+                         **({"policy": policy} if policy is not None else {}))
     inputs = {"train_data_sha256": train_data.sha256(), "test_data_sha256": test_data.sha256()}
     if cfg.init:
         init = load_checkpoint(cfg.init)
@@ -185,9 +189,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
         load_matching_state(model, init["model"])
         inputs["init_sha256"] = sha256_file(cfg.init)
 
-    start_epoch, history, payload = 0, [], None
-    if resume:
-        payload = load_checkpoint(ckpt_path)
+    start_epoch, history = 0, []
+    if payload is not None:
         diff = _config_diff(cfg, TrainConfig.from_dict(payload["config"]))
         if diff:
             raise QadtrError(f"cannot resume {out}: config differs from the run's in {', '.join(diff)}")
@@ -226,7 +229,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
         swa_bn_batches = bn_batches(BatchLoader(train_data, cfg.batch_size, shuffle=True, augment=True,
                                                 seed=cfg.seed + 1, cutout=cfg.cutout), cfg.batch_size)
     record = {"config": asdict(cfg), "num_classes": num_classes, "classes": list(train_data.classes),
-              "versions": versions(), "inputs": inputs, "seed": cfg.seed}
+              "versions": versions(), "inputs": inputs, "seed": cfg.seed, "policy": model.policy.as_dict()}
     if defense.describe():
         record["defense"] = defense.describe()
     if teacher_bits is not None:
@@ -279,7 +282,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
             if epoch + 1 == cfg.epochs:
                 saved = averaged  # a finished SWA run ships the average; until then the live weights resume
         save_checkpoint(ckpt_path, {
-            "config": {**asdict(cfg), "model_bits": cfg.model_bits, "num_classes": num_classes},
+            "config": {**asdict(cfg), "model_bits": cfg.model_bits, "num_classes": num_classes,
+                       "policy": model.policy.as_dict()},
             "trained_bits": cfg.bits, "classes": list(train_data.classes), "epoch": epoch + 1,
             "model": saved.state_dict(), "optimizer": optimizer.state_dict(), "metrics": history,
             "versions": versions(), **({"defense_state": state} if (state := defense.state_dict()) else {}),

@@ -8,10 +8,16 @@ from .registry import register_model
 
 
 class BasicBlock(nn.Module):
-    """3x3-3x3 residual block; both add operands are quantized (see QuantPolicy.add_bits)."""
+    """3x3-3x3 residual block; both add operands are quantized (see QuantPolicy.add_bits).
+
+    With ``policy.stream_bits`` set, the block's input (the residual stream) is at that width and
+    ``conv_input_quant`` brings it to the active activation width for the two convs that read it.
+    """
 
     def __init__(self, cin, cout, stride, bit_choices, policy: QuantPolicy):
         super().__init__()
+        stream = policy.stream_bits
+        self.conv_input_quant = uint_identity(bit_choices, None) if stream is not None else None
         self.branch1 = ConvBN(cin, cout, 3, stride, bit_choices)
         self.act1 = uint_act(bit_choices)
         self.branch2 = ConvBN(cout, cout, 3, 1, bit_choices)
@@ -23,12 +29,13 @@ class BasicBlock(nn.Module):
         else:
             self.shortcut = None
             self.shortcut_quant = None
-        self.act2 = uint_act(bit_choices)
+        self.act2 = uint_act(bit_choices, stream)
 
     def forward(self, x):
-        out = self.branch_quant(self.branch2(self.act1(self.branch1(x))))
+        h = x if self.conv_input_quant is None else self.conv_input_quant(x)
+        out = self.branch_quant(self.branch2(self.act1(self.branch1(h))))
         # The identity input is already the unsigned output of the previous block's act2.
-        skip = x if self.shortcut is None else self.shortcut_quant(self.shortcut(x))
+        skip = x if self.shortcut is None else self.shortcut_quant(self.shortcut(h))
         return self.act2(out + skip)
 
 
@@ -42,7 +49,7 @@ class CifarResNet(nn.Module):
         self.normalize = Normalize()
         self.input_quant = int_identity(bit_choices, policy.input_bits)
         self.stem = ConvBN(3, widths[0], 3, 1, bit_choices, fixed_bits=policy.first_last_bits)
-        self.stem_act = uint_act(bit_choices)
+        self.stem_act = uint_act(bit_choices, policy.stream_bits)
         layers, cin = [], widths[0]
         for i, w in enumerate(widths):
             for j in range(n):
