@@ -106,3 +106,17 @@ def test_checkpoint_rebuilds_the_policy_it_was_saved_with():
     assert model_from_checkpoint(_saved(float_only, [32])).policy == QuantPolicy()
     with pytest.raises(RuntimeError, match="conv_input_quant"):  # the two placements are different networks
         model_from_checkpoint(_saved(legacy, [4], policy=QuantPolicy().as_dict()))
+
+
+def test_float_checkpoint_from_before_the_stream_policy_loads_into_the_default_model():
+    from qadtr.layers import LEGACY_POLICY, QuantPolicy
+
+    old = qadtr.create_model("tiny", bits=(32,), policy=LEGACY_POLICY)
+    x = torch.rand(2, 3, 32, 32)
+    rebuilt = model_from_checkpoint(_saved(old, [32])).eval()
+    assert rebuilt.policy == QuantPolicy()
+    assert torch.allclose(rebuilt(x), old.eval()(x), atol=1e-6)  # the float path is the same network
+    broken = _saved(old, [32])
+    broken["model"] = {k: v for k, v in broken["model"].items() if not k.startswith("fc.")}
+    with pytest.raises(CheckpointError, match="fc.weight is missing|fc.bias is missing"):
+        model_from_checkpoint(broken)

@@ -98,9 +98,14 @@ def model_from_checkpoint(payload: dict, arch: str | None = None, bits=None):
         raise CheckpointError(f"checkpoint is for arch {config['arch']!r}, not {arch!r}")
     model = create_model(config["arch"], bits=bits or config["model_bits"], num_classes=config["num_classes"],
                          policy=checkpoint_policy(payload))
-    if bits is None:
+    float_only = all(int(b) == 32 for b in payload.get("trained_bits", [32]))
+    if bits is None and not float_only:
         model.load_state_dict(payload["model"])
     else:
-        load_matching_state(model, payload["model"])
+        # A float-only checkpoint has no trained quantizer state to lose; one saved under the legacy placement
+        # lacks the conv-input quantizers, which start fresh. Everything else must load.
+        fresh = load_matching_state(model, payload["model"])
+        if bits is None and (missing := [k for k in fresh if "_quant." not in k]):
+            raise CheckpointError(f"checkpoint does not match arch {config['arch']!r}: {missing[0]} is missing")
     set_bits(model, max(model.bit_choices))
     return model
