@@ -8,12 +8,12 @@ ResNet-20 and uniform random images; pass --ckpt to time a trained checkpoint in
 from __future__ import annotations
 
 import argparse
-import platform
 
 import numpy as np
 import torch
 from qadtr import create_model
 from qadtr.attacks import PatchAttack, QuantAwarePatchAttack
+from qadtr.deploy.env import cpu_model
 from qadtr.io import versions, write_json
 
 
@@ -57,7 +57,7 @@ def main() -> None:
                  "images_per_s": args.steps * args.batch_size / aqapa.elapsed_s,
                  "bit_counts": {str(k): v for k, v in aqapa.bit_counts.items()}})
     result = {"model": args.ckpt or "resnet20 (random init)", "size": args.size, "steps": args.steps,
-              "batch_size": args.batch_size, "threads": torch.get_num_threads(), "cpu": platform.processor(),
+              "batch_size": args.batch_size, "threads": torch.get_num_threads(), "cpu": cpu_model(),
               "rows": rows, "versions": versions()}
     print(f"{'attack':<24} {'steps/s':>8} {'img/s':>8}   (batch {args.batch_size}, {torch.get_num_threads()} threads)")
     for r in rows:

@@ -23,6 +23,7 @@ from qadtr.checkpoint import load_checkpoint, load_matching_state
 from qadtr.data.arrays import load_dataset
 from qadtr.data.loader import BatchLoader
 from qadtr.defenses import build_defense
+from qadtr.deploy.env import cpu_model
 from qadtr.io import versions, write_json, write_text
 from qadtr.models import create_model
 from qadtr.precision import autocast, memory_format
@@ -115,7 +116,7 @@ def main() -> None:
     steps_per_epoch = 50000 // args.batch_size
     record = {"arch": "resnet20", "batch_size": args.batch_size, "timed_batches": args.batches,
               "warmup_batches": args.warmup, "init": args.init, "torch_threads": torch.get_num_threads(),
-              "machine": platform.platform(), "processor": platform.processor() or platform.machine(),
+              "machine": platform.platform(), "processor": cpu_model(),
               "cpu_count": os.cpu_count(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "budget": "qadtr epoch <= 3x a plain QAT epoch", "qadtr_within_budget":
               results.get("qadtr", {}).get("ratio_to_qat", float("inf")) <= 3.0,

@@ -8,7 +8,6 @@ Resumable: each stage reuses a finished run, continues an unfinished one (--resu
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +17,7 @@ from qadtr.calibration.checkpoint import calibrate_checkpoint
 from qadtr.checkpoint import load_checkpoint, save_checkpoint
 from qadtr.data.arrays import load_dataset
 from qadtr.data.loader import BatchLoader
+from qadtr.deploy.env import cpu_model
 from qadtr.evaluate import accuracy_per_bits
 from qadtr.io import sha256_file, versions, write_json, write_text
 from qadtr.train import TrainConfig, train
@@ -53,12 +53,13 @@ def run_ptq(src: Path, bits, out: Path, data_dir, seed: int) -> dict:
     return {"checkpoint": str(out), "test_acc": {str(b): a for b, a in acc.items()}, "calibration_seconds": seconds}
 
 
-def per_bits(text: str, bits: list[int], cast=int) -> dict[int, object]:
-    """``"10"`` -> 10 at every bit-width; ``"8:4,4:8,2:10"`` -> per bit-width."""
+def per_bits(text: str, bits: list[int], cast=int, missing=None) -> dict[int, object]:
+    """``"10"`` -> 10 at every bit-width; ``"8:4,4:8,2:10"`` -> per bit-width (a width left out gets
+    ``missing``, or is an error when ``missing`` is None)."""
     if ":" not in text:
         return {b: cast(text) for b in bits}
     plan = {int(k): cast(v) for k, v in (pair.split(":") for pair in text.split(","))}
-    return {b: plan[b] for b in bits}
+    return {b: plan[b] if missing is None else plan.get(b, missing) for b in bits}
 
 
 def markdown(results: dict) -> str:
@@ -91,6 +92,8 @@ def main():
     p.add_argument("--qat-distill-weight", type=float, default=0.0,
                    help="Distil QAT from the float stage's model with this soft-target weight (0: off).")
     p.add_argument("--qat-distill-temperature", type=float, default=1.0)
+    p.add_argument("--qat-swa-epochs", default="0",
+                   help="Average the last N QAT epochs' weights (SWA, BN re-estimated): one number or bits:N pairs.")
     p.add_argument("--stages", default="float,ptq,qat")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -98,7 +101,8 @@ def main():
     qat_bits = [int(b) for b in args.qat_bits.split(",")]
     qat_epochs = per_bits(args.qat_epochs, qat_bits)
     qat_lr = per_bits(args.qat_lr, qat_bits, float)
-    results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+    qat_swa = per_bits(args.qat_swa_epochs, qat_bits, missing=0)
+    results = {"machine": f"{cpu_model()}, {torch.get_num_threads()} threads",
                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "seed": args.seed,
                "versions": versions(), "args": {k: str(v) for k, v in vars(args).items()}, "stages": {}}
 
@@ -124,7 +128,7 @@ def main():
                        "distill_temperature": args.qat_distill_temperature} if args.qat_distill_weight > 0 else {}
             cfg = TrainConfig(arch="resnet20", defense="qat", bits=[b], epochs=qat_epochs[b], lr=qat_lr[b],
                               init=float_ckpt, precision=args.precision, data_dir=args.data_dir, seed=args.seed,
-                              **distill)
+                              swa_epochs=qat_swa[b], **distill)
             results["stages"][f"qat_w{b}a{b}"] = run_training(cfg, args.runs / f"qat_w{b}a{b}")
             save()
     print(markdown(results))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +35,7 @@ from foundation_cifar10 import per_bits, run_ptq, run_training
 from qadtr.attacks.protocol import robustness
 from qadtr.checkpoint import load_checkpoint
 from qadtr.data.arrays import load_dataset
+from qadtr.deploy.env import cpu_model
 from qadtr.family import load_model_or_family
 from qadtr.io import sha256_file, versions, write_json, write_text
 from qadtr.train import TrainConfig
@@ -152,7 +152,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     runs = args.runs
-    results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+    results = {"machine": f"{cpu_model()}, {torch.get_num_threads()} threads",
                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "seed": args.seed, "versions": versions(),
                "args": {k: str(v) for k, v in vars(args).items()}, "train": {}, "evals": {}, "acceptance": []}
 

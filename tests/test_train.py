@@ -94,6 +94,19 @@ def test_bf16_training_runs_changes_the_numerics_and_checkpoints_fp32(tmp_path, 
     assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_bf16_units_prints_a_note(tmp_path, monkeypatch, capsys, native):
+    import qadtr.precision as precision
+
+    monkeypatch.setattr(precision, "bf16_native", lambda: native)
+    assert precision.bf16_warning("fp32") is None
+    cfg = TrainConfig(arch="tiny", defense="float", dataset="synthetic", epochs=1, batch_size=64, train_subset=64,
+                      seed=0, precision="bf16")
+    train(cfg, tmp_path, quiet=True)
+    err = capsys.readouterr().err
+    assert ("emulated" in err) is not native
+
+
 def test_unknown_precision_is_refused():
     with pytest.raises(QadtrError, match="unknown precision 'fp16'"):
         TrainConfig(arch="tiny", defense="float", precision="fp16").resolved()

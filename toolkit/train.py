@@ -19,7 +19,7 @@ from .errors import QadtrError
 from .evaluate import accuracy_per_bits
 from .io import sha256_file, versions, write_json
 from .models import create_model, list_models
-from .precision import PRECISIONS, autocast, memory_format
+from .precision import PRECISIONS, autocast, bf16_warning, memory_format
 from .quant import FLOAT_BITS, project_weight_thresholds, validate_bits
 
 SCHEDULES = ("cosine", "onecycle")
@@ -235,6 +235,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
     if teacher_bits is not None:
         record["teacher_bits"] = teacher_bits
 
+    if note := bf16_warning(cfg.precision):
+        print(note, file=sys.stderr)
     model = memory_format(model, cfg.precision)
     for epoch in range(start_epoch, cfg.epochs):
         loader.set_epoch(epoch)
