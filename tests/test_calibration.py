@@ -1,4 +1,5 @@
 """PTQ: a float model becomes a working quantized model from calibration alone."""
+import pytest
 import qadtr
 import torch
 from qadtr.calibration import calibrate
@@ -72,3 +73,31 @@ def test_calibrating_a_checkpoint_adds_the_named_widths_and_keeps_the_trained_on
     for b in (8, 4, 2):
         with qadtr.bits(reloaded, b), qadtr.bits(model, b):
             assert torch.allclose(reloaded.eval()(x), model.eval()(x))
+
+
+def test_bn_only_refreshes_the_trained_widths_bn_and_keeps_their_thresholds():
+    from qadtr.calibration.checkpoint import calibrate_checkpoint
+
+    trained = qadtr.create_model("tiny", bits=(4, 32))
+    with qadtr.bits(trained, 4):
+        trained.train()(torch.rand(8, 3, 32, 32))  # thresholds initialise as in training
+    with torch.no_grad():  # stale running statistics, as momentum leaves them after QAT
+        trained.stem.bn.bns["4"].running_mean.fill_(0.123)
+    thresholds = {k: v.clone() for k, v in trained.state_dict().items() if "threshold" in k}
+    model, payload = calibrate_checkpoint(_qat_checkpoint_of(trained, [4]), [4], synthetic(256, seed=0),
+                                          batch_size=64, num_batches=2, bn_only=True)
+    state = model.state_dict()
+    assert thresholds and all(torch.equal(v, state[k]) for k, v in thresholds.items())
+    assert not torch.any(model.stem.bn.bns["4"].running_mean == 0.123)  # re-estimated
+    assert payload["config"]["defense"] == "bn(qat)" and payload["calibration"]["bn_only"] is True
+    assert payload["trained_bits"] == [4]
+
+
+def test_bn_only_refuses_a_width_the_checkpoint_never_trained():
+    from qadtr.calibration.checkpoint import calibrate_checkpoint
+    from qadtr.errors import QadtrError
+
+    trained = qadtr.create_model("tiny", bits=(4, 32))
+    with pytest.raises(QadtrError, match="never trained or calibrated at 2 bits"):
+        calibrate_checkpoint(_qat_checkpoint_of(trained, [4]), [4, 2], synthetic(64, seed=0), batch_size=32,
+                             num_batches=1, bn_only=True)

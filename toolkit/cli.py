@@ -142,8 +142,13 @@ def eval_cmd(ckpt, bits, n, batch_size, dataset, data_dir, seed, out, as_json):
 @cli.command("calibrate")
 @click.argument("float_ckpt", type=click.Path(dir_okay=False))
 @click.option("--bits", default="8,4,2", help="Bit-widths to calibrate (2..8).")
-@click.option("--num-batches", default=8, type=int, help="Calibration batches from the training set.")
+@click.option("--num-batches", default=None, type=int,
+              help="Calibration batches from the training set. Default: 8 (PTQ); 80 with --bn-only.")
 @click.option("--batch-size", default=128, type=int)
+@click.option("--bn-only", is_flag=True,
+              help="Keep the trained thresholds and only re-estimate BN statistics at --bits (widths the checkpoint "
+                   "was trained at): after QAT the running statistics lag the final weights, by several points "
+                   "at 2 bits.")
 @click.option("--augment/--no-augment", default=True,
               help="Augment calibration batches as in training (crop and flip). The float BN statistics were "
                    "accumulated over augmented batches; re-estimating them from plain images costs accuracy.")
@@ -153,11 +158,13 @@ def eval_cmd(ckpt, bits, n, batch_size, dataset, data_dir, seed, out, as_json):
 @seed_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Calibrated checkpoint to write.")
 @json_options
-def calibrate_cmd(float_ckpt, bits, num_batches, batch_size, augment, eval_n, dataset, data_dir, seed, out, as_json):
+def calibrate_cmd(float_ckpt, bits, num_batches, batch_size, bn_only, augment, eval_n, dataset, data_dir, seed, out,
+                  as_json):
     """Post-training quantization: thresholds and BN statistics from data, no training.
 
     Calibrates the --bits widths of FLOAT_CKPT's model (any qadtr checkpoint; usually a float one). Widths the
-    checkpoint already has and --bits does not name keep their trained thresholds and BN.
+    checkpoint already has and --bits does not name keep their trained thresholds and BN. With --bn-only,
+    the named (trained) widths keep their thresholds and get fresh BN statistics.
     """
     import torch
 
@@ -173,9 +180,11 @@ def calibrate_cmd(float_ckpt, bits, num_batches, batch_size, augment, eval_n, da
     payload, source_sha256 = load_checkpoint(float_ckpt), sha256_file(float_ckpt)
     train = load_dataset(dataset, "train", data_dir, seed=seed)
     test = load_dataset(dataset, "test", data_dir, seed=seed).subset(eval_n, seed)
+    if num_batches is None:
+        num_batches = 80 if bn_only else 8
     model, calibrated = calibrate_checkpoint(payload, bit_list, train, batch_size=batch_size,
                                              num_batches=num_batches, augment=augment, seed=seed,
-                                             source_sha256=source_sha256)
+                                             source_sha256=source_sha256, bn_only=bn_only)
     save_checkpoint(out, calibrated)
     acc = accuracy_per_bits(model, BatchLoader(test, 256), sorted(model.bit_choices, reverse=True))
     result = {"checkpoint": str(out), "source": str(float_ckpt), "source_sha256": source_sha256,
