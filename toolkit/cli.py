@@ -59,7 +59,7 @@ def models_cmd(as_json):
 @click.option("--swa-lr", default=None, type=float, help="Constant LR of the SWA epochs. Default: a tenth of --lr.")
 @click.option("--precision", default="fp32", type=click.Choice(["fp32", "bf16"]),
               help="bf16: train under bfloat16 autocast with channels-last tensors (about 2x faster on CPUs with "
-                   "AMX or AVX512-BF16, several times slower without them: train then prints a note); the weights, "
+                   "AMX or AVX512-BF16; slower than fp32 without them, and train then says so); the weights, "
                    "the optimizer and evaluation stay fp32.")
 @click.option("--init", type=click.Path(dir_okay=False), default=None, help="Start from this checkpoint.")
 @click.option("--teacher", type=click.Path(dir_okay=False), default=None,

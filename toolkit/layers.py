@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
@@ -44,8 +44,7 @@ class QuantPolicy:
     stream_bits: int | None = 8
 
     def as_dict(self) -> dict:
-        return {"input_bits": self.input_bits, "first_last_bits": self.first_last_bits, "add_bits": self.add_bits,
-                "stream_bits": self.stream_bits}
+        return asdict(self)
 
 
 # The policy of checkpoints saved before QuantPolicy.stream_bits existed.

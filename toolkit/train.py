@@ -18,6 +18,7 @@ from .defenses import DEFENSES, DefenseParams, build_defense
 from .errors import QadtrError
 from .evaluate import accuracy_per_bits
 from .io import sha256_file, versions, write_json
+from .layers import QuantPolicy
 from .models import create_model, list_models
 from .precision import PRECISIONS, autocast, bf16_warning, memory_format
 from .quant import FLOAT_BITS, project_weight_thresholds, validate_bits
@@ -178,9 +179,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
     num_classes = len(train_data.classes)
     payload = load_checkpoint(ckpt_path) if resume else None
     # A resumed run keeps the quantizer placement it started with (runs older than stream_bits included).
-    policy = checkpoint_policy(payload) if payload is not None else None
-    model = create_model(cfg.arch, bits=cfg.model_bits, num_classes=num_classes,
-                         **({"policy": policy} if policy is not None else {}))
+    policy = checkpoint_policy(payload) if payload is not None else QuantPolicy()
+    model = create_model(cfg.arch, bits=cfg.model_bits, num_classes=num_classes, policy=policy)
     inputs = {"train_data_sha256": train_data.sha256(), "test_data_sha256": test_data.sha256()}
     if cfg.init:
         init = load_checkpoint(cfg.init)
