@@ -14,7 +14,7 @@ from ..quant import FLOAT_BITS
 from . import calibrate
 
 
-def calibrate_checkpoint(payload: dict, bits, train_set, *, batch_size: int = 128, num_batches: int = 8,
+def calibrate_checkpoint(payload: dict, bits, train_set, *, batch_size: int = 128, num_batches: int | None = None,
                          augment: bool = True, seed: int = 0, source_sha256: str | None = None,
                          bn_only: bool = False):
     """Return ``(model, payload)``: the calibrated model and the checkpoint payload that saves it.
@@ -22,8 +22,12 @@ def calibrate_checkpoint(payload: dict, bits, train_set, *, batch_size: int = 12
     ``bits`` may include 32: the float path then gets fresh BN statistics (it has no thresholds), which a
     model trained only at a quantized width needs before it runs in float. ``bn_only`` re-estimates the BN
     statistics of widths the checkpoint was trained or calibrated at and keeps their thresholds.
+    ``num_batches`` defaults to 8 for PTQ and to 80 (about 10,000 images, as SWA's re-estimate uses) for
+    ``bn_only``, where BN statistics are the whole repair (docs/method.md, Calibration).
     """
     bits = sorted(set(bits), reverse=True)
+    if num_batches is None:
+        num_batches = 80 if bn_only else 8
     if bn_only:
         untrained = sorted(set(bits) - set(payload.get("trained_bits", [])) - {FLOAT_BITS})
         if untrained:

@@ -180,8 +180,6 @@ def calibrate_cmd(float_ckpt, bits, num_batches, batch_size, bn_only, augment, e
     payload, source_sha256 = load_checkpoint(float_ckpt), sha256_file(float_ckpt)
     train = load_dataset(dataset, "train", data_dir, seed=seed)
     test = load_dataset(dataset, "test", data_dir, seed=seed).subset(eval_n, seed)
-    if num_batches is None:
-        num_batches = 80 if bn_only else 8
     model, calibrated = calibrate_checkpoint(payload, bit_list, train, batch_size=batch_size,
                                              num_batches=num_batches, augment=augment, seed=seed,
                                              source_sha256=source_sha256, bn_only=bn_only)
