@@ -108,6 +108,21 @@ def test_checkpoint_rebuilds_the_policy_it_was_saved_with():
         model_from_checkpoint(_saved(legacy, [4], policy=QuantPolicy().as_dict()))
 
 
+def test_quantized_checkpoint_saved_before_shortcut_bits_keeps_switching_shortcuts():
+    from qadtr.layers import STREAM8_POLICY
+
+    model = qadtr.create_model("tiny", bits=(2, 32), policy=STREAM8_POLICY)
+    qadtr.set_bits(model, 2)
+    x = torch.rand(2, 3, 32, 32)
+    before = model.eval()(x)
+    saved_policy = {k: v for k, v in STREAM8_POLICY.as_dict().items() if k != "shortcut_bits"}
+    for payload in (_saved(model, [2], policy=saved_policy), _saved(model, [2])):
+        rebuilt = model_from_checkpoint(payload)
+        assert rebuilt.policy == STREAM8_POLICY
+        qadtr.set_bits(rebuilt, 2)
+        assert torch.allclose(rebuilt.eval()(x), before, atol=1e-6)  # the same network, not a re-placed one
+
+
 def test_float_checkpoint_from_before_the_stream_policy_loads_into_the_default_model():
     from qadtr.layers import LEGACY_POLICY, QuantPolicy
 

@@ -3,7 +3,7 @@ import pytest
 import qadtr
 import torch
 from brevitas.nn import QuantConv2d, QuantReLU
-from qadtr.layers import LEGACY_POLICY
+from qadtr.layers import LEGACY_POLICY, STREAM8_POLICY
 from qadtr.switchable import SwitchableBatchNorm2d, get_bits
 
 
@@ -32,15 +32,16 @@ def test_int_weights_take_exactly_narrow_range_levels_per_channel(resnet20, w):
 
 @pytest.mark.parametrize("a", [2, 4, 8])
 def test_every_switchable_conv_reads_at_most_2_pow_a_values(resnet20, a):
-    """'A2' means what each quantized conv reads; the stem reads the 8-bit input (QuantPolicy)."""
+    """'A2' means what each switchable conv reads; the stem and the 8-bit shortcuts read 8 bits (QuantPolicy)."""
     qadtr.set_bits(resnet20, a)
     seen = {}
     hooks = [m.register_forward_pre_hook(lambda m, i, name=name: seen.__setitem__(name, i[0].detach()))
-             for name, m in resnet20.named_modules() if isinstance(m, QuantConv2d) and not name.startswith("stem")]
+             for name, m in resnet20.named_modules()
+             if isinstance(m, QuantConv2d) and not name.startswith("stem") and "shortcut" not in name]
     resnet20(torch.rand(8, 3, 32, 32))
     for h in hooks:
         h.remove()
-    assert len(seen) == 20  # 2 in each of 9 blocks, 2 projection shortcuts
+    assert len(seen) == 18  # 2 in each of 9 blocks
     for name, x in seen.items():
         assert len(torch.unique(x)) <= 2**a, name
     assert max(len(torch.unique(x)) for x in seen.values()) > 2 ** (a - 1)  # the levels are actually used
@@ -57,6 +58,28 @@ def test_residual_stream_keeps_its_own_width_at_2_bits(resnet20):
     assert len(streams) == 10
     assert all(len(torch.unique(s)) <= 2**8 for s in streams)
     assert max(len(torch.unique(s)) for s in streams) > 2**2  # an 8-bit stream, not a 2-bit one
+
+
+def test_projection_shortcuts_keep_8_bit_weights_and_read_the_stream_at_2_bits(resnet20):
+    qadtr.set_bits(resnet20, 2)
+    shortcuts = [b.shortcut.conv for b in resnet20.layers if b.shortcut is not None]
+    inputs = []
+    hooks = [c.register_forward_pre_hook(lambda m, i: inputs.append(i[0].detach())) for c in shortcuts]
+    resnet20(torch.rand(8, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert len(shortcuts) == 2 and len(inputs) == 2
+    assert max(len(torch.unique(x)) for x in inputs) > 2**2  # the 8-bit stream, not the 2-bit conv input
+    for conv in shortcuts:
+        levels = torch.unique(conv.quant_weight().int())
+        assert len(levels) > 3 and levels.abs().max() <= 127  # 8-bit, not ternary
+
+
+def test_switching_shortcuts_policy_gives_them_the_active_width():
+    model = qadtr.create_model("resnet20", bits=(2, 32), policy=STREAM8_POLICY)
+    qadtr.set_bits(model, 2)
+    for conv in (b.shortcut.conv for b in model.layers if b.shortcut is not None):
+        assert len(torch.unique(conv.quant_weight().int())) <= 3
 
 
 def test_legacy_policy_quantizes_the_stream_at_the_active_width():

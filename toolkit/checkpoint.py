@@ -73,19 +73,24 @@ def load_matching_state(model: torch.nn.Module, state: dict) -> list[str]:
 def checkpoint_policy(payload: dict):
     """The ``QuantPolicy`` a checkpoint's quantized widths were trained or calibrated under.
 
-    Saved in ``config["policy"]`` since stream_bits exists. Without it: a state with conv-input quantizers
-    has today's default placement; one without them that holds quantized widths predates the field and used
-    the legacy policy; a float-only one fits any policy, so it gets the default (its quantizers are fresh).
+    A float-only checkpoint fits any policy, so it gets the default (its quantizers are fresh). Otherwise
+    the policy is saved in ``config["policy"]`` since stream_bits exists (a saved policy without
+    shortcut_bits predates that field: its shortcuts switch). Without it: a state with conv-input
+    quantizers has the 8-bit stream and switching shortcuts; one without them predates stream_bits and
+    used the legacy policy.
     """
-    from .layers import LEGACY_POLICY, QuantPolicy
+    from .layers import LEGACY_POLICY, STREAM8_POLICY, QuantPolicy
 
+    quantized = [b for b in payload.get("trained_bits", []) if int(b) != 32]
+    if not quantized:
+        return QuantPolicy()
     saved = payload["config"].get("policy")
     if saved is not None:
-        return QuantPolicy(**saved)
+        # A policy saved before shortcut_bits existed switched the shortcuts with the model.
+        return QuantPolicy(**{"shortcut_bits": None, **saved})
     if any(".conv_input_quant." in key for key in payload.get("model", {})):
-        return QuantPolicy()
-    quantized = [b for b in payload.get("trained_bits", []) if int(b) != 32]
-    return LEGACY_POLICY if quantized else QuantPolicy()
+        return STREAM8_POLICY
+    return LEGACY_POLICY
 
 
 def model_from_checkpoint(payload: dict, arch: str | None = None, bits=None):

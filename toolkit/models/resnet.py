@@ -24,18 +24,23 @@ class BasicBlock(nn.Module):
         self.branch_quant = int_identity(bit_choices, policy.add_bits)
         if stride != 1 or cin != cout:
             # Projection shortcut (option B): quantization-friendly, unlike zero-padding.
-            self.shortcut = ConvBN(cin, cout, 1, stride, bit_choices)
+            self.shortcut = ConvBN(cin, cout, 1, stride, bit_choices, fixed_bits=policy.shortcut_bits)
             self.shortcut_quant = int_identity(bit_choices, policy.add_bits)
         else:
             self.shortcut = None
             self.shortcut_quant = None
         self.act2 = uint_act(bit_choices, stream)
+        self.shortcut_reads_stream = policy.shortcut_bits is not None
 
     def forward(self, x):
         h = x if self.conv_input_quant is None else self.conv_input_quant(x)
         out = self.branch_quant(self.branch2(self.act1(self.branch1(h))))
         # The identity input is already the unsigned output of the previous block's act2.
-        skip = x if self.shortcut is None else self.shortcut_quant(self.shortcut(h))
+        # A fixed-width projection shortcut reads the stream itself, at the stream's width.
+        if self.shortcut is None:
+            skip = x
+        else:
+            skip = self.shortcut_quant(self.shortcut(x if self.shortcut_reads_stream else h))
         return self.act2(out + skip)
 
 
