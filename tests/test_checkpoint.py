@@ -87,6 +87,21 @@ def test_matching_state_seeds_new_bit_widths_from_float_bn():
     assert torch.equal(dst.stem.conv.weight, src.stem.conv.weight)
 
 
+def test_matching_state_seeds_a_new_width_from_the_nearest_trained_one():
+    torch.manual_seed(0)
+    src = qadtr.create_model("tiny", bits=(4, 32))
+    for m in src.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_()
+    dst = qadtr.create_model("tiny", bits=(2, 4, 8, 32))
+    load_matching_state(dst, src.state_dict())
+    bns, src_bns = dst.stem.bn.bns, src.stem.bn.bns
+    assert torch.equal(bns["2"].weight, src_bns["4"].weight)  # 4 is nearer to 2 than 32
+    assert torch.equal(bns["8"].weight, src_bns["4"].weight)
+    assert torch.equal(bns["32"].weight, src_bns["32"].weight)
+    assert not torch.equal(src_bns["4"].weight, src_bns["32"].weight)  # so the asserts above can tell them apart
+
+
 def _saved(model, trained_bits, **config):
     return {"config": {"arch": "tiny", "model_bits": list(model.bit_choices), "num_classes": 10, **config},
             "trained_bits": trained_bits, "model": model.state_dict()}

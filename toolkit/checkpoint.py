@@ -50,17 +50,19 @@ _BN_KEY = re.compile(r"(.*\.bns\.)(\d+)(\..*)")
 def load_matching_state(model: torch.nn.Module, state: dict) -> list[str]:
     """Load ``state`` into ``model`` even when their bit-width sets differ.
 
-    A BatchNorm for a bit-width the source never had starts from the source's
-    float (32) BN, the natural starting point for QAT or calibration. Thresholds
-    the source lacks stay uninitialised and are set from data on first use.
-    Returns the keys that kept their fresh values.
+    A BatchNorm for a bit-width the source never had starts from the source's BN
+    of the nearest width it has (ties to the wider one): a float checkpoint seeds
+    every width from its float BN, a W4A4 checkpoint seeds 2 bits from its 4-bit
+    BN, whose affine parameters were trained with the weights as they now are
+    (its float BN was not). Thresholds the source lacks stay uninitialised and
+    are set from data on first use. Returns the keys that kept their fresh values.
     """
     target = model.state_dict()
     merged, fresh = {}, []
     for key, value in target.items():
         src = state.get(key)
         if src is None and (m := _BN_KEY.match(key)):
-            src = state.get(f"{m.group(1)}32{m.group(3)}")
+            src = state.get(f"{m.group(1)}{_nearest_bn_width(state, m, int(m.group(2)))}{m.group(3)}")
         if src is not None and src.shape == value.shape:
             merged[key] = src
         else:
@@ -68,6 +70,14 @@ def load_matching_state(model: torch.nn.Module, state: dict) -> list[str]:
             fresh.append(key)
     model.load_state_dict(merged)
     return fresh
+
+
+def _nearest_bn_width(state: dict, match: re.Match, bits: int) -> int | None:
+    """The bit-width of the source BN closest to ``bits`` for the BN that ``match`` names."""
+    prefix, suffix = match.group(1), match.group(3)
+    widths = {int(m.group(2)) for k in state if (m := _BN_KEY.match(k)) and m.group(1) == prefix
+              and m.group(3) == suffix}
+    return min(widths, key=lambda w: (abs(w - bits), -w), default=None)
 
 
 def checkpoint_policy(payload: dict):
