@@ -110,3 +110,36 @@ def test_bf16_on_a_cpu_without_bf16_units_prints_a_note(tmp_path, monkeypatch, c
 def test_unknown_precision_is_refused():
     with pytest.raises(QadtrError, match="unknown precision 'fp16'"):
         TrainConfig(arch="tiny", defense="float", precision="fp16").resolved()
+
+
+def _weight_threshold_gaps(model, bits):
+    """Per switching weight quantizer: max |stored threshold - MSE-optimal threshold for its weights|."""
+    from qadtr.quant import WeightThreshold, mse_threshold
+
+    gaps = []
+    for layer in model.modules():
+        quant = getattr(layer, "weight_quant", None)
+        for m in quant.modules() if quant is not None else ():
+            if isinstance(m, WeightThreshold) and m.role == "weight":
+                best = mse_threshold(layer.weight, bits, True, True, m.reduce_dims).view(-1)
+                gaps.append((m.thresholds[str(bits)].detach().view(-1) - best).abs().max().item())
+    return gaps
+
+
+@pytest.mark.parametrize("swa_epochs", [0, 1])
+def test_mse_weight_thresholds_follow_the_saved_weights_and_learned_ones_do_not(tmp_path, swa_epochs):
+    from qadtr.checkpoint import model_from_checkpoint
+
+    gaps = {}
+    for mode in ("learned", "mse"):
+        cfg = TrainConfig(arch="tiny", defense="qat", bits=[2], dataset="synthetic", epochs=2, batch_size=32,
+                          lr=0.05, swa_epochs=swa_epochs, weight_thresholds=mode, seed=0)
+        train(cfg, tmp_path / mode, quiet=True)
+        gaps[mode] = _weight_threshold_gaps(model_from_checkpoint(load_checkpoint(tmp_path / mode / "checkpoint.pt")), 2)
+    assert gaps["mse"] and max(gaps["mse"]) < 1e-6
+    assert max(gaps["learned"]) > 1e-3
+
+
+def test_unknown_weight_threshold_mode_is_refused():
+    with pytest.raises(QadtrError, match="--weight-thresholds"):
+        TrainConfig(arch="tiny", weight_thresholds="max").resolved()

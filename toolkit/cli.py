@@ -67,6 +67,10 @@ def models_cmd(as_json):
 @click.option("--distill-weight", default=0.5, type=float,
               help="With --teacher: share of the soft-target loss; 1.0 ignores the labels.")
 @click.option("--distill-temperature", default=1.0, type=float, help="With --teacher: softmax temperature T.")
+@click.option("--weight-thresholds", type=click.Choice(["learned", "mse"]), default="learned", show_default=True,
+              help="Thresholds of the switching weight quantizers: learned (LSQ, Esser et al. 2020, kept at or "
+                   "below max |w|), or mse: refit to the MSE-optimal value for the current weights after every "
+                   "step (docs/method.md).")
 @click.option("--train-subset", default=None, type=int, help="Train on a seeded subset of N images.")
 @click.option("--eval-subset", default=None, type=int, help="Evaluate on a seeded subset of N test images.")
 @dataset_option

@@ -206,3 +206,28 @@ def project_weight_thresholds(model: nn.Module) -> int:
                 clamped += int(over.sum())
                 param.copy_(torch.where(over, amax.view(param.shape), param.abs()))
     return clamped
+
+
+@torch.no_grad()
+def refit_weight_thresholds(model: nn.Module) -> int:
+    """Set every initialised switching weight threshold to the MSE-optimal one for the current weights.
+
+    The alternative to learning them (``--weight-thresholds mse``): the trainer calls this after every
+    optimizer step, so thresholds follow the weights and their LSQ gradient is discarded. At 2 bits LSQ
+    drives ternary thresholds up to max |w| (70% of weights at zero, against 50% MSE-optimal;
+    docs/method.md), which this rules out. Fixed-width quantizers (first/last layer, shortcuts) keep
+    learning. Returns how many thresholds were set.
+    """
+    refit = 0
+    for layer in model.modules():
+        weight, quant = getattr(layer, "weight", None), getattr(layer, "weight_quant", None)
+        if weight is None or quant is None:
+            continue
+        for m in quant.modules():
+            if not isinstance(m, WeightThreshold) or m.role != "weight":
+                continue
+            for key, param in m.thresholds.items():
+                if bool(getattr(m, f"initialized_{key}")):
+                    param.copy_(mse_threshold(weight, int(key), True, True, m.reduce_dims).view(param.shape))
+                    refit += param.numel()
+    return refit

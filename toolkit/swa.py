@@ -42,18 +42,20 @@ class WeightAverage:
                 self.mean[name] += (current - self.mean[name]) / self.count
 
     @torch.no_grad()
-    def averaged_model(self, model: nn.Module, bn_batches, bit_list, precision: str = "fp32") -> nn.Module:
+    def averaged_model(self, model: nn.Module, bn_batches, bit_list, precision: str = "fp32",
+                       fit_thresholds=project_weight_thresholds) -> nn.Module:
         """A copy of ``model`` holding the mean weights, with BN re-estimated at every width in ``bit_list``.
 
         ``bn_batches`` is an iterable of images (or ``(images, labels)``) augmented as in training; it is
-        iterated once per bit-width.
+        iterated once per bit-width. ``fit_thresholds(model)`` makes the averaged weight thresholds fit the
+        averaged weights, as the trainer does after every step.
         """
         if not self.count:
             raise ValueError("no weights averaged yet")
         averaged = copy.deepcopy(model)
         for name, p in averaged.named_parameters():
             p.copy_(self.mean[name].to(p.dtype))
-        project_weight_thresholds(averaged)  # a mean of projected thresholds can exceed the mean weights' max
+        fit_thresholds(averaged)  # e.g. a mean of projected thresholds can exceed the mean weights' max
         for b in bit_list:
             with bits_ctx(averaged, b), autocast(precision):
                 reestimate_bn(averaged, (item[0] if isinstance(item, (tuple, list)) else item for item in bn_batches))

@@ -21,13 +21,17 @@ from .io import sha256_file, versions, write_json
 from .layers import QuantPolicy
 from .models import create_model, list_models
 from .precision import PRECISIONS, autocast, bf16_warning, memory_format
-from .quant import FLOAT_BITS, project_weight_thresholds, validate_bits
+from .quant import FLOAT_BITS, project_weight_thresholds, refit_weight_thresholds, validate_bits
 
 SCHEDULES = ("cosine", "onecycle")
 
 
 # The bit set a defense trains when --bits is not given.
 DEFAULT_BITS = {"float": [FLOAT_BITS], "qat": [4], "pbat": [FLOAT_BITS], "dwq": [32, 8, 4, 2], "qadtr": [32, 8, 4, 2]}
+
+
+# How switching weight quantizers get their thresholds: learned with LSQ, or refit (qadtr.quant).
+WEIGHT_THRESHOLDS = {"learned": project_weight_thresholds, "mse": refit_weight_thresholds}
 
 
 @dataclass
@@ -61,6 +65,7 @@ class TrainConfig(DefenseParams):
     teacher: str | None = None  # float and qat: distil from this checkpoint (qadtr.distill)
     distill_weight: float = 0.5  # share of the soft-target term; 1.0 ignores the labels
     distill_temperature: float = 1.0
+    weight_thresholds: str = "learned"  # learned (LSQ) or mse: refit to the weights after every step
     seed: int = 0
 
     def resolved(self) -> TrainConfig:
@@ -95,6 +100,9 @@ class TrainConfig(DefenseParams):
             raise QadtrError(f"--distill-temperature must be positive, got {self.distill_temperature!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise QadtrError("--epochs and --batch-size must be positive")
+        if self.weight_thresholds not in WEIGHT_THRESHOLDS:
+            raise QadtrError(f"--weight-thresholds must be one of {', '.join(WEIGHT_THRESHOLDS)}, "
+                             f"got {self.weight_thresholds!r}")
         if not 0 <= self.swa_epochs <= self.epochs:
             raise QadtrError(f"--swa-epochs must be in 0..--epochs ({self.epochs}), got {self.swa_epochs}")
         if self.swa_lr is not None and not self.swa_lr > 0:
@@ -238,6 +246,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
     if note := bf16_warning(cfg.precision):
         print(note, file=sys.stderr)
     model = memory_format(model, cfg.precision)
+    fit_thresholds = WEIGHT_THRESHOLDS[cfg.weight_thresholds]
     for epoch in range(start_epoch, cfg.epochs):
         loader.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 1000 + epoch)
@@ -245,7 +254,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
         model.train()
         t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
         visits = {str(b): 0 for b in cfg.bits}
-        clamped = 0  # weight thresholds pulled back to max |w| (qadtr.quant.project_weight_thresholds)
+        clamped = 0  # learned weight thresholds pulled back to max |w| (qadtr.quant.project_weight_thresholds)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=quiet, file=sys.stderr,
                    mininterval=0.5 if sys.stderr.isatty() else 30, leave=False)
         for i, (x, y) in enumerate(bar):
@@ -259,7 +268,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
             loss.backward()
             defense.before_optimizer_step(step)
             optimizer.step()
-            clamped += project_weight_thresholds(model)
+            fitted = fit_thresholds(model)
+            clamped += fitted if cfg.weight_thresholds == "learned" else 0
             seen += len(y)
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
@@ -277,7 +287,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
         saved = model
         if swa is not None and epoch >= cfg.epochs - cfg.swa_epochs:
             swa.update(model)
-            averaged = swa.averaged_model(model, swa_bn_batches, cfg.bits, cfg.precision)
+            averaged = swa.averaged_model(model, swa_bn_batches, cfg.bits, cfg.precision, fit_thresholds)
             swa_acc = accuracy_per_bits(averaged, test_loader, cfg.bits)
             history[-1].update({"swa_test_acc": {str(k): v for k, v in swa_acc.items()}, "swa_models": swa.count,
                                 "epoch_seconds": time.time() - t0})
