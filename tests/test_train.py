@@ -135,7 +135,8 @@ def test_mse_weight_thresholds_follow_the_saved_weights_and_learned_ones_do_not(
         cfg = TrainConfig(arch="tiny", defense="qat", bits=[2], dataset="synthetic", epochs=2, batch_size=32,
                           lr=0.05, swa_epochs=swa_epochs, weight_thresholds=mode, seed=0)
         train(cfg, tmp_path / mode, quiet=True)
-        gaps[mode] = _weight_threshold_gaps(model_from_checkpoint(load_checkpoint(tmp_path / mode / "checkpoint.pt")), 2)
+        saved = load_checkpoint(tmp_path / mode / "checkpoint.pt")
+        gaps[mode] = _weight_threshold_gaps(model_from_checkpoint(saved), 2)
     assert gaps["mse"] and max(gaps["mse"]) < 1e-6
     assert max(gaps["learned"]) > 1e-3
 
