@@ -180,6 +180,19 @@ class SwitchableIntActQuant(Int8ActPerTensorFloat):
     role = "fixed_act"
 
 
+def _initialised_weight_thresholds(model: nn.Module):
+    """Every (weight, WeightThreshold, key, threshold) of ``model`` whose threshold has been initialised."""
+    for layer in model.modules():
+        weight, quant = getattr(layer, "weight", None), getattr(layer, "weight_quant", None)
+        if weight is None or quant is None:
+            continue
+        for m in quant.modules():
+            if isinstance(m, WeightThreshold):
+                for key, param in m.thresholds.items():
+                    if bool(getattr(m, f"initialized_{key}")):
+                        yield weight, m, key, param
+
+
 @torch.no_grad()
 def project_weight_thresholds(model: nn.Module) -> int:
     """Clamp every initialised weight threshold to its channel's max |w|; returns how many were clamped.
@@ -191,20 +204,11 @@ def project_weight_thresholds(model: nn.Module) -> int:
     largest weight of a channel always maps to the top level, so no channel can die.
     """
     clamped = 0
-    for layer in model.modules():
-        weight, quant = getattr(layer, "weight", None), getattr(layer, "weight_quant", None)
-        if weight is None or quant is None:
-            continue
-        for m in quant.modules():
-            if not isinstance(m, WeightThreshold):
-                continue
-            amax = weight.detach().abs().amax(dim=m.reduce_dims, keepdim=True).clamp_min(1e-8)
-            for key, param in m.thresholds.items():
-                if not bool(getattr(m, f"initialized_{key}")):
-                    continue
-                over = param.abs() > amax.view(param.shape)
-                clamped += int(over.sum())
-                param.copy_(torch.where(over, amax.view(param.shape), param.abs()))
+    for weight, m, _key, param in _initialised_weight_thresholds(model):
+        amax = weight.detach().abs().amax(dim=m.reduce_dims, keepdim=True).clamp_min(1e-8).view(param.shape)
+        over = param.abs() > amax
+        clamped += int(over.sum())
+        param.copy_(torch.where(over, amax, param.abs()))
     return clamped
 
 
@@ -216,18 +220,12 @@ def refit_weight_thresholds(model: nn.Module) -> int:
     optimizer step, so thresholds follow the weights and their LSQ gradient is discarded. At 2 bits LSQ
     drives ternary thresholds up to max |w| (70% of weights at zero, against 50% MSE-optimal;
     docs/method.md), which this rules out. Fixed-width quantizers (first/last layer, shortcuts) keep
-    learning. Returns how many thresholds were set.
+    learning, projected as in ``project_weight_thresholds``. Returns how many thresholds were refit.
     """
+    project_weight_thresholds(model)
     refit = 0
-    for layer in model.modules():
-        weight, quant = getattr(layer, "weight", None), getattr(layer, "weight_quant", None)
-        if weight is None or quant is None:
-            continue
-        for m in quant.modules():
-            if not isinstance(m, WeightThreshold) or m.role != "weight":
-                continue
-            for key, param in m.thresholds.items():
-                if bool(getattr(m, f"initialized_{key}")):
-                    param.copy_(mse_threshold(weight, int(key), True, True, m.reduce_dims).view(param.shape))
-                    refit += param.numel()
+    for weight, m, key, param in _initialised_weight_thresholds(model):
+        if m.role == "weight":
+            param.copy_(mse_threshold(weight, int(key), True, True, m.reduce_dims).view(param.shape))
+            refit += param.numel()
     return refit
