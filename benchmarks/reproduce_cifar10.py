@@ -146,6 +146,9 @@ def main():
     p.add_argument("--n", type=int, default=2000, help="Test images the protocol scores on.")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="Training precision of runs this invocation trains (bf16: 1.7-2.2x faster on bf16 CPUs).")
+    p.add_argument("--weight-thresholds", default="learned", choices=["learned", "mse"],
+                   help="Weight thresholds of every quantized run (qat and the defenses): learned (LSQ) or mse "
+                        "(refit every step; docs/method.md). One setting for all rows keeps the comparison fair.")
     p.add_argument("--train-only", action="store_true", help="Train every run, evaluate none (evaluate later).")
     p.add_argument("--skip-qat-eval", action="store_true",
                    help="Do not evaluate the plain-QAT family (adding rows, e.g. ablations, to a table that has it).")
@@ -162,6 +165,7 @@ def main():
         write_text(runs / "reproduce.md", markdown(results))
 
     common = {"arch": "resnet20", "data_dir": args.data_dir, "seed": args.seed, "precision": args.precision}
+    quantized = {**common, "weight_thresholds": args.weight_thresholds}  # the float model has no thresholds
     float_ckpt = runs / "float" / "checkpoint.pt"
     results["train"]["float"] = run_training(TrainConfig(defense="float", epochs=args.float_epochs,
                                                          warmup_epochs=args.float_warmup_epochs, **common),
@@ -170,7 +174,7 @@ def main():
     plan = per_bits(args.qat_epochs, [8, 4, 2])
     qat_seconds = 0.0
     for b in (8, 4, 2):
-        r = run_training(TrainConfig(defense="qat", bits=[b], epochs=plan[b], init=str(float_ckpt), **common),
+        r = run_training(TrainConfig(defense="qat", bits=[b], epochs=plan[b], init=str(float_ckpt), **quantized),
                          runs / f"qat_w{b}a{b}")
         qat_seconds += r["train_seconds"]
     results["train"]["qat"] = {"train_seconds": qat_seconds, "note": "sum of the three QAT runs"}
@@ -181,7 +185,7 @@ def main():
     for name in [d for d in args.defenses.split(",") if d]:
         defense, overrides = DEFENSES[name]
         extra = {"dwq_attack": args.dwq_attack} if defense == "dwq" else {}
-        cfg = TrainConfig(defense=defense, epochs=args.defense_epochs, init=str(float_ckpt), **common,
+        cfg = TrainConfig(defense=defense, epochs=args.defense_epochs, init=str(float_ckpt), **quantized,
                           **extra, **overrides)
         results["train"][name] = run_training(cfg, runs / name)
         spec = str(runs / name / "checkpoint.pt")
