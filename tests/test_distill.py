@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 from qadtr.checkpoint import load_checkpoint
-from qadtr.distill import Distillation, distillation_loss, load_teacher
+from qadtr.distill import Distillation, distillation_loss, ensemble_logits, load_teacher
 from qadtr.errors import QadtrError
 from qadtr.io import sha256_file
 from qadtr.train import TrainConfig, train
@@ -49,6 +49,25 @@ def test_weight_mixes_hard_and_soft_losses(weight):
     assert mixed.item() == pytest.approx((1 - weight) * 2.0 + weight * soft.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_ensemble_target_is_the_mean_of_the_members_softened_distributions(temperature):
+    members = [torch.randn(6, 10) * 3 for _ in range(3)]
+    combined = ensemble_logits(members, temperature)
+    mean = torch.stack([torch.softmax(z / temperature, 1) for z in members]).mean(0)
+    torch.testing.assert_close(torch.softmax(combined / temperature, 1), mean)
+    assert ensemble_logits(members[:1], temperature) is members[0]
+
+
+def test_an_ensemble_of_one_teacher_twice_teaches_what_the_teacher_does():
+    teacher_net, other = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    x, student_logits, hard = torch.randn(5, 4), torch.randn(5, 3), torch.tensor(1.0)
+    single = Distillation(teacher_net, 1.0, 2.0)(student_logits, x, hard)
+    assert Distillation([teacher_net, teacher_net], 1.0, 2.0)(student_logits, x, hard).item() == \
+        pytest.approx(single.item(), rel=1e-5)
+    assert Distillation([teacher_net, other], 1.0, 2.0)(student_logits, x, hard).item() != \
+        pytest.approx(single.item(), rel=1e-3)
+
+
 def test_load_teacher_runs_the_float_path_frozen(float_teacher):
     teacher, bits = load_teacher(float_teacher, num_classes=10)
     assert bits == 32 and not teacher.training
@@ -64,12 +83,31 @@ def test_qat_with_a_teacher_trains_records_the_teacher_and_differs_from_plain_qa
     distilled = train(TrainConfig(**base, teacher=str(float_teacher), distill_weight=1.0), tmp_path / "kd",
                       quiet=True)
     metrics = json.loads((tmp_path / "kd" / "metrics.json").read_text())
-    assert metrics["inputs"]["teacher_sha256"] == sha256_file(float_teacher)
-    assert metrics["teacher_bits"] == 32 and metrics["config"]["distill_weight"] == 1.0
+    assert metrics["inputs"]["teacher_sha256"] == [sha256_file(float_teacher)]
+    assert metrics["teacher_bits"] == [32] and metrics["config"]["distill_weight"] == 1.0
     loss_kd, loss_plain = distilled["epochs"][0]["train_loss"], plain["epochs"][0]["train_loss"]
     assert torch.isfinite(torch.tensor(loss_kd)) and loss_kd != loss_plain
     ckpt = load_checkpoint(tmp_path / "kd" / "checkpoint.pt")
-    assert ckpt["config"]["teacher"] == str(float_teacher.resolve())
+    assert ckpt["config"]["teacher"] == [str(float_teacher.resolve())]
+
+
+def test_float_training_distils_from_an_ensemble_and_records_every_teacher(tmp_path, float_teacher):
+    second = tmp_path / "second"
+    train(TrainConfig(arch="tiny", defense="float", dataset="synthetic", epochs=1, batch_size=64, seed=6), second,
+          quiet=True)
+    teachers = [str(float_teacher), str(second / "checkpoint.pt")]
+    train(TrainConfig(arch="tiny", defense="float", dataset="synthetic", epochs=1, batch_size=64, seed=1,
+                      teacher=teachers, distill_weight=0.9, distill_temperature=4.0), tmp_path / "kd", quiet=True)
+    metrics = json.loads((tmp_path / "kd" / "metrics.json").read_text())
+    assert metrics["inputs"]["teacher_sha256"] == [sha256_file(t) for t in teachers]
+    assert metrics["teacher_bits"] == [32, 32]
+
+
+def test_a_run_recorded_with_one_teacher_path_reads_back_as_a_list():
+    # Checkpoints written before ensembles hold "teacher" as one string; resume compares configs.
+    old = TrainConfig.from_dict({"arch": "tiny", "teacher": "/runs/float/checkpoint.pt"})
+    assert old.teacher == ["/runs/float/checkpoint.pt"]
+    assert TrainConfig.from_dict({"arch": "tiny", "teacher": None}).teacher is None
 
 
 @pytest.mark.parametrize("change,message", [

@@ -62,8 +62,9 @@ def models_cmd(as_json):
                    "AMX or AVX512-BF16; slower than fp32 without them, and train then says so); the weights, "
                    "the optimizer and evaluation stay fp32.")
 @click.option("--init", type=click.Path(dir_okay=False), default=None, help="Start from this checkpoint.")
-@click.option("--teacher", type=click.Path(dir_okay=False), default=None,
-              help="float, qat: distil from this checkpoint (Hinton et al. 2015), run at its float path.")
+@click.option("--teacher", type=click.Path(dir_okay=False), multiple=True,
+              help="float, qat: distil from this checkpoint (Hinton et al. 2015), run at its float path; repeat "
+                   "the option to distil from the ensemble of several (the mean of their softened outputs).")
 @click.option("--distill-weight", default=0.5, type=float,
               help="With --teacher: share of the soft-target loss; 1.0 ignores the labels.")
 @click.option("--distill-temperature", default=1.0, type=float, help="With --teacher: softmax temperature T.")

@@ -8,8 +8,15 @@ nearly right, which is an easier and richer target for a network with 3 weight l
 loss = (1 - weight) * hard_loss + weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 
 The T^2 factor keeps the soft term's gradient scale independent of T (Hinton et al., section 2).
+
+Several teachers form an ensemble: the target is the mean of their softened distributions,
+p = mean_i softmax(z_i / T), the ensemble's own prediction at that temperature (Hinton et al., section 1).
+Its "logits" T * log p reproduce p exactly under softmax(. / T), so the loss above needs no change.
 """
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,14 +52,24 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean") * (t * t)
 
 
-class Distillation:
-    """Mixes a batch's hard-label loss with the teacher's soft targets on the same input."""
+def ensemble_logits(logits: Sequence[torch.Tensor], temperature: float) -> torch.Tensor:
+    """Logits whose softmax at ``temperature`` is the mean of the members' softmaxes at it (fp32)."""
+    if len(logits) == 1:
+        return logits[0]
+    t = float(temperature)
+    log_probs = torch.stack([F.log_softmax(z.float() / t, dim=1) for z in logits])
+    return t * (torch.logsumexp(log_probs, dim=0) - math.log(len(logits)))
 
-    def __init__(self, teacher: nn.Module, weight: float, temperature: float):
-        self.teacher, self.weight, self.temperature = teacher, float(weight), float(temperature)
+
+class Distillation:
+    """Mixes a batch's hard-label loss with the soft targets of a teacher, or of an ensemble of teachers."""
+
+    def __init__(self, teacher: nn.Module | Sequence[nn.Module], weight: float, temperature: float):
+        self.teachers = [teacher] if isinstance(teacher, nn.Module) else list(teacher)
+        self.weight, self.temperature = float(weight), float(temperature)
 
     def __call__(self, student_logits: torch.Tensor, x: torch.Tensor, hard_loss: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            teacher_logits = self.teacher(x)
+            teacher_logits = ensemble_logits([teacher(x) for teacher in self.teachers], self.temperature)
         soft = distillation_loss(student_logits, teacher_logits, self.temperature)
         return (1.0 - self.weight) * hard_loss + self.weight * soft

@@ -62,7 +62,7 @@ class TrainConfig(DefenseParams):
     train_subset: int | None = None
     eval_subset: int | None = None
     init: str | None = None
-    teacher: str | None = None  # float and qat: distil from this checkpoint (qadtr.distill)
+    teacher: list[str] | None = None  # float and qat: distil from these checkpoints, one or an ensemble (qadtr.distill)
     distill_weight: float = 0.5  # share of the soft-target term; 1.0 ignores the labels
     distill_temperature: float = 1.0
     weight_thresholds: str = "learned"  # learned (LSQ) or mse: refit to the weights after every step
@@ -111,7 +111,7 @@ class TrainConfig(DefenseParams):
         swa_lr = self.swa_lr if self.swa_lr is not None else lr / 10
         init = str(Path(self.init).resolve()) if self.init else None
         data_dir = str(Path(self.data_dir).resolve()) if self.data_dir else None
-        teacher = str(Path(self.teacher).resolve()) if self.teacher else None
+        teacher = [str(Path(t).resolve()) for t in _paths(self.teacher)] or None
         return TrainConfig(**{**asdict(self), "bits": bits, "lr": lr, "init": init, "data_dir": data_dir,
                               "teacher": teacher, "swa_lr": swa_lr})
 
@@ -122,7 +122,17 @@ class TrainConfig(DefenseParams):
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        kept = {k: v for k, v in d.items() if k in names}
+        if kept.get("teacher"):  # runs made before ensembles recorded one path, not a list
+            kept["teacher"] = _paths(kept["teacher"])
+        return cls(**kept)
+
+
+def _paths(value) -> list[str]:
+    """A path or a sequence of paths as a list (empty for None)."""
+    if not value:
+        return []
+    return [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
 
 
 def lr_multiplier(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -213,9 +223,11 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
     if cfg.teacher:
         from .distill import Distillation, load_teacher
 
-        teacher, teacher_bits = load_teacher(cfg.teacher, num_classes)
-        inputs["teacher_sha256"] = sha256_file(cfg.teacher)
-        distill = Distillation(memory_format(teacher, cfg.precision), cfg.distill_weight, cfg.distill_temperature)
+        loaded = [load_teacher(path, num_classes) for path in cfg.teacher]
+        teacher_bits = [b for _, b in loaded]
+        inputs["teacher_sha256"] = [sha256_file(path) for path in cfg.teacher]
+        distill = Distillation([memory_format(t, cfg.precision) for t, _ in loaded], cfg.distill_weight,
+                               cfg.distill_temperature)
     defense = build_defense(cfg, model, criterion, distill=distill)
     if payload is not None:
         optimizer.load_state_dict(payload["optimizer"])
