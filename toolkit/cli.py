@@ -52,6 +52,9 @@ def models_cmd(as_json):
 @click.option("--label-smoothing", default=0.0, type=float)
 @click.option("--cutout", default=0, type=int, help="Zero a random square of this side in each training image "
                                                    "(DeVries & Taylor 2017; 16 on CIFAR-10); 0: off.")
+@click.option("--mixup", default=0.0, type=float,
+              help="float, qat: train on mixup batches (Zhang et al. 2018) with this Beta alpha (e.g. 0.2 to 1); "
+                   "with --teacher the teacher sees the same mixed images. 0: off.")
 @click.option("--swa-epochs", default=0, type=int,
               help="Stochastic weight averaging (Izmailov et al. 2018): average the weights of the last N epochs, "
                    "trained at constant --swa-lr, and re-estimate BN; a finished run's checkpoint holds the "

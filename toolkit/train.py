@@ -53,6 +53,7 @@ class TrainConfig(DefenseParams):
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     cutout: int = 0  # side of a zeroed square per training image (DeVries & Taylor 2017); 0: off
+    mixup: float = 0.0  # float and qat: Beta(alpha, alpha) of mixup (qadtr.defenses.plain.mixup); 0: off
     swa_epochs: int = 0  # average the weights of the last N epochs, trained at constant swa_lr (qadtr.swa)
     swa_lr: float | None = None  # None: a tenth of the peak LR
     precision: str = "fp32"  # bf16: autocast and channels-last (qadtr.precision); weights stay fp32
@@ -92,6 +93,10 @@ class TrainConfig(DefenseParams):
             raise QadtrError("GIR compares two bit-widths: give --bits a quantized width, or --gir-lambda 0")
         if self.cutout < 0:
             raise QadtrError(f"--cutout must be 0 (off) or a positive side in pixels, got {self.cutout}")
+        if not self.mixup >= 0:
+            raise QadtrError(f"--mixup must be 0 (off) or a positive Beta alpha, got {self.mixup!r}")
+        if self.mixup and self.defense not in ("float", "qat"):
+            raise QadtrError(f"--mixup works with --defense float or qat, not {self.defense}")
         if self.teacher and self.defense not in ("float", "qat"):
             raise QadtrError(f"--teacher works with --defense float or qat, not {self.defense}")
         if not 0.0 <= self.distill_weight <= 1.0:
