@@ -95,10 +95,9 @@ class TrainConfig(DefenseParams):
             raise QadtrError(f"--cutout must be 0 (off) or a positive side in pixels, got {self.cutout}")
         if not self.mixup >= 0:
             raise QadtrError(f"--mixup must be 0 (off) or a positive Beta alpha, got {self.mixup!r}")
-        if self.mixup and self.defense not in ("float", "qat"):
-            raise QadtrError(f"--mixup works with --defense float or qat, not {self.defense}")
-        if self.teacher and self.defense not in ("float", "qat"):
-            raise QadtrError(f"--teacher works with --defense float or qat, not {self.defense}")
+        for flag, value in (("--mixup", self.mixup), ("--teacher", self.teacher)):
+            if value and self.defense not in ("float", "qat"):
+                raise QadtrError(f"{flag} works with --defense float or qat, not {self.defense}")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise QadtrError(f"--distill-weight must be in [0, 1], got {self.distill_weight!r}")
         if not self.distill_temperature > 0:

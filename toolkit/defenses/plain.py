@@ -43,12 +43,11 @@ class PlainTraining(Defense):
             # The teacher sees the same mixed images: distillation then matches the teacher's function
             # between training images as well as on them (Beyer et al. 2022, "function matching").
             x, perm, lam = mixup(x, self.cfg.mixup, self.generator)
-            logits = self.model(x)
-            loss = lam * self.criterion(logits, y) + (1.0 - lam) * self.criterion(logits, y[perm])
             self.log("mixup_lambda", lam)
-        else:
-            logits = self.model(x)
-            loss = self.criterion(logits, y)
+        logits = self.model(x)
+        loss = self.criterion(logits, y)
+        if self.cfg.mixup > 0:
+            loss = lam * loss + (1.0 - lam) * self.criterion(logits, y[perm])
         if self.distill is not None:
             loss = self.distill(logits, x, loss)
         return StepOutput(loss, logits, bits)
