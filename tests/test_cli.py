@@ -44,7 +44,7 @@ def _bad_inputs(tmp_path, ckpt):
         "missing checkpoint": ("eval", tmp_path / "none.pt", "--dataset", "synthetic"),
         "checkpoint for another arch": ("train", "--arch", "resnet20", "--init", ckpt, "--dataset", "synthetic",
                                         "--out", out),
-        "calibrate float bits": ("calibrate", ckpt, "--bits", "32", "--out", tmp_path / "c.pt"),
+        "calibrate bits 16": ("calibrate", ckpt, "--bits", "16", "--out", tmp_path / "c.pt"),
         "teacher for a patch defense": ("train", "--arch", "tiny", "--defense", "pbat", "--teacher", ckpt,
                                         "--dataset", "synthetic", "--out", out),
         "missing teacher": ("train", "--arch", "tiny", "--teacher", tmp_path / "none.pt", "--dataset", "synthetic",
@@ -55,7 +55,7 @@ def _bad_inputs(tmp_path, ckpt):
 @pytest.mark.parametrize("case", [
     "unknown arch", "bits 9", "bits 1", "bits not in set", "bits garbage", "missing data folder",
     "empty data folder", "truncated checkpoint", "missing checkpoint", "checkpoint for another arch",
-    "calibrate float bits", "teacher for a patch defense", "missing teacher"])
+    "calibrate bits 16", "teacher for a patch defense", "missing teacher"])
 def test_bad_input_is_one_line_and_exit_2(run_cli, tmp_path, tiny_ckpt, case):
     code, out, err = run_cli(*_bad_inputs(tmp_path, tiny_ckpt)[case])
     assert code == 2
@@ -74,3 +74,23 @@ def test_eval_writes_json_and_table(run_cli, tmp_path, tiny_ckpt):
     result = json.loads((tmp_path / "e.json").read_text())
     assert set(result["accuracy"]) == {"32", "4"} and result["checkpoint_sha256"]
     assert result["versions"]["torch"]
+
+
+def test_calibrate_bn_only_at_32_refreshes_the_float_bn_and_keeps_the_rest(run_cli, tmp_path, tiny_ckpt):
+    # A model trained only at a quantized width carries stale float BN statistics; --bits 32 --bn-only repairs
+    # them from the CLI, as calibrate_checkpoint does from the API.
+    from qadtr.checkpoint import load_checkpoint
+
+    source = load_checkpoint(tiny_ckpt)["model"]
+    out = tmp_path / "bn.pt"
+    code, stdout, err = run_cli("calibrate", tiny_ckpt, "--bits", "32", "--bn-only", "--num-batches", "2",
+                                "--batch-size", "32", "--dataset", "synthetic", "--out", out)
+    assert code == 0, err
+    payload = load_checkpoint(out)
+    state = payload["model"]
+    float_bn = [k for k in state if k.endswith("bns.32.running_mean")]
+    four_bn = [k for k in state if k.endswith("bns.4.running_mean")]
+    assert float_bn and four_bn
+    assert any(not torch.equal(state[k], source[k]) for k in float_bn)  # re-estimated
+    assert all(torch.equal(state[k], source[k]) for k in four_bn)  # not named, untouched
+    assert payload["calibration"]["bits"] == [32] and payload["calibration"]["bn_only"] is True

@@ -149,7 +149,9 @@ def eval_cmd(ckpt, bits, n, batch_size, dataset, data_dir, seed, out, as_json):
 
 @cli.command("calibrate")
 @click.argument("float_ckpt", type=click.Path(dir_okay=False))
-@click.option("--bits", default="8,4,2", help="Bit-widths to calibrate (2..8).")
+@click.option("--bits", default="8,4,2",
+              help="Bit-widths to calibrate (2..8; 32 re-estimates the float path's BN statistics, which a model "
+                   "trained only at quantized widths needs before it runs in float).")
 @click.option("--num-batches", default=None, type=int,
               help="Calibration batches from the training set. Default: 8 (PTQ); 80 with --bn-only.")
 @click.option("--batch-size", default=128, type=int)
@@ -183,7 +185,7 @@ def calibrate_cmd(float_ckpt, bits, num_batches, batch_size, bn_only, augment, e
     from .evaluate import accuracy_per_bits
     from .io import sha256_file, versions
 
-    bit_list = parse_bits(bits, allow_float=False)
+    bit_list = parse_bits(bits)
     torch.manual_seed(seed)
     payload, source_sha256 = load_checkpoint(float_ckpt), sha256_file(float_ckpt)
     train = load_dataset(dataset, "train", data_dir, seed=seed)
