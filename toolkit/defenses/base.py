@@ -71,3 +71,26 @@ def eval_mode(model: torch.nn.Module):
         yield model
     finally:
         model.train(was_training)
+
+
+@contextmanager
+def batch_stats_mode(model: torch.nn.Module):
+    """Train-mode BN (each forward normalises by its own batch's statistics) that leaves the running
+    statistics where they are: momentum 0 keeps ``running = (1 - 0) * running``.
+
+    For objectives that reward changing the deployed function (GIR): through running statistics,
+    which lag the weights and are constants to autograd, the optimizer can lower such an objective
+    by moving the weights away from the statistics instead of shaping the network (docs/method.md).
+    """
+    was_training = model.training
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    model.train()
+    for bn in bns:
+        bn.momentum = 0.0
+    try:
+        yield model
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        model.train(was_training)

@@ -1,7 +1,8 @@
 """GIR: gradient-inconsistency regularization across bit-widths, and optional gradient-noise injection.
 
 R = mean_i cos^2( grad_x l(f_a(x_i), y_i), grad_x l(f_b(x_i), y_i) ) over patched images x_i,
-at two different bit-widths a != b of the same shared weights, in eval mode (the deployed model).
+at two different bit-widths a != b of the same shared weights, with BN on the batch's statistics
+(running statistics untouched; why not eval mode: ``base.batch_stats_mode`` and docs/method.md).
 Both input gradients are taken with ``create_graph=True``, so R backpropagates into the weights
 (double backprop). The derivation and the choice of cos^2 are in docs/method.md.
 """
@@ -11,15 +12,20 @@ import torch
 import torch.nn.functional as F
 
 from ..switchable import bits as bits_ctx
-from .base import eval_mode
+from .base import batch_stats_mode
 
 NOISE_DECAY = 0.55  # Neelakantan et al. 2015's annealing exponent
 
 
 def input_gradients(model, x, y, bits: int, create_graph: bool = True) -> torch.Tensor:
-    """Per-image input gradients of the cross-entropy at ``bits`` (eval mode: images do not interact)."""
+    """Input gradients of the cross-entropy at ``bits``, one per image.
+
+    BN normalises by the statistics of ``x`` itself, which couples the images only through a batch
+    mean and variance (an O(1/len(x)) term), and cannot be gamed by moving away from stale running
+    statistics, which the eval-mode network could (docs/results.md 6d).
+    """
     x = x.detach().requires_grad_(True)
-    with eval_mode(model), bits_ctx(model, bits):
+    with batch_stats_mode(model), bits_ctx(model, bits):
         loss = F.cross_entropy(model(x), y, reduction="sum")
         grad, = torch.autograd.grad(loss, x, create_graph=create_graph)
     return grad
