@@ -7,7 +7,6 @@ leaves nothing behind.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ from .parity import (
     MIN_TOP1_AGREEMENT,
     SENSITIVE_MIN_TOP1_AGREEMENT,
     SENSITIVITY_FACTOR,
+    accuracy_delta_ok,
     check_parity,
     ort_logits,
     ort_session,
@@ -163,17 +163,14 @@ def rounding_sensitive_ok(exact: dict, torch32_vs_exact: float) -> bool:
     with float64 on 98.9% of top-1 decisions). ORT is then held to that same noise, not to an absolute
     threshold it cannot meet: its disagreement with float64 may be at most ``SENSITIVITY_FACTOR`` times
     PyTorch float32's (two float32 executions with different summation orders), above an absolute floor.
-    Accuracy must match within ``MAX_ACCURACY_DELTA`` plus two standard deviations of what that many
-    random flips do to it (each flip gains or loses a correct answer: sd = sqrt(flips) / images). A wrong
+    Accuracy must match as in every gate (``parity.accuracy_delta_ok``: ``MAX_ACCURACY_DELTA`` plus two
+    standard deviations of what that many random flips do to it). A wrong
     graph misses all three by far.
     """
-    images = exact["images"]
-    flips = (1.0 - exact["top1_agreement"]) * images
-    acc_delta = abs(exact["accuracy_onnx"] - exact["accuracy_torch"])
     return (torch32_vs_exact < MIN_TOP1_AGREEMENT  # only a model PyTorch itself cannot run within the gate
             and exact["top1_agreement"] >= SENSITIVE_MIN_TOP1_AGREEMENT
             and (1.0 - exact["top1_agreement"]) <= SENSITIVITY_FACTOR * (1.0 - torch32_vs_exact) + 1e-12
-            and acc_delta <= MAX_ACCURACY_DELTA + 2.0 * math.sqrt(flips) / images + 1e-12)
+            and accuracy_delta_ok(exact))
 
 
 def gated_parity(refs: References, candidate: np.ndarray, labels: np.ndarray) -> tuple[dict, dict, str | None]:
@@ -311,7 +308,8 @@ def export_model(model, pairs, formats, out, images: np.ndarray, labels: np.ndar
             "format": "qadtr-export-manifest", "version": 1, "arch": model.arch, **(extra or {}),
             "io": io_contract(len(classes), classes),
             "parity_thresholds": {"min_top1_agreement": MIN_TOP1_AGREEMENT,
-                                  "max_accuracy_delta": MAX_ACCURACY_DELTA},
+                                  "max_accuracy_delta": MAX_ACCURACY_DELTA,
+                                  "accuracy_delta_noise_allowance": "2 * sqrt(flips) / images"},
             "models": entries, "versions": versions(),
         }
         write_json(Path(out) / MANIFEST, manifest)

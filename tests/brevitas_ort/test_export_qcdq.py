@@ -142,3 +142,19 @@ def test_rounding_sensitive_gate_holds_ort_to_the_models_own_float32_noise(torch
     _, result32, gate = gated_parity(_Refs(exact, as_run), candidate, labels)
     assert result32["top1_agreement"] < 0.995
     assert gate == ("rounding-sensitive" if passes else None)
+
+
+@pytest.mark.parametrize("images,flips,net_gain,passes", [
+    (500, 2, 2, True),        # two bias-rounding flips that both happen to help: noise, not a shift
+    (500, 2, -2, True),       # ... or both hurt
+    (500, 3, 3, False),       # 99.4% agreement fails the agreement term regardless
+    (10_000, 50, 0, True),    # 99.5% agreement, flips cancel out
+    (10_000, 50, -50, False),  # every flip loses a correct answer: 0.5 points is a bias (limit 0.44)
+    (10_000, 40, -40, True),   # 0.40 points within 0.30 + 2 * sqrt(40) / 10,000 = 0.43
+])
+def test_accuracy_delta_allows_the_noise_of_its_flips_but_not_a_bias(images, flips, net_gain, passes):
+    from qadtr.export.parity import parity_ok
+
+    result = {"images": images, "top1_agreement": 1 - flips / images,
+              "accuracy_torch": 0.85, "accuracy_onnx": 0.85 + net_gain / images}
+    assert parity_ok(result) is passes
