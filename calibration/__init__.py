@@ -31,8 +31,12 @@ def _reset_thresholds(model: nn.Module) -> None:
 
 @torch.no_grad()
 def reestimate_bn(model: nn.Module, batches) -> None:
-    """Recompute the active bit-width's BatchNorm statistics as a plain average over ``batches``."""
+    """Recompute the active bit-width's BatchNorm statistics as a plain average over ``batches``.
+
+    Each BN keeps its own momentum for later training; the model is left in eval mode.
+    """
     bns = [m.bns[m.active] for m in model.modules() if isinstance(m, SwitchableBatchNorm2d)]
+    momenta = [bn.momentum for bn in bns]
     model.eval()
     for bn in bns:
         bn.reset_running_stats()
@@ -40,8 +44,8 @@ def reestimate_bn(model: nn.Module, batches) -> None:
         bn.train()
     for x in batches:
         model(x)
-    for bn in bns:
-        bn.momentum = 0.1
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
     model.eval()
 
 

@@ -101,3 +101,18 @@ def test_bn_only_refuses_a_width_the_checkpoint_never_trained():
     with pytest.raises(QadtrError, match="never trained or calibrated at 2 bits"):
         calibrate_checkpoint(_qat_checkpoint_of(trained, [4]), [4, 2], synthetic(64, seed=0), batch_size=32,
                              num_batches=1, bn_only=True)
+
+
+def test_bn_reestimate_is_the_plain_batch_average_and_keeps_each_bns_momentum(tiny_model):
+    from qadtr.calibration import reestimate_bn
+
+    bn = tiny_model.stem.bn.bns["32"]
+    bn.momentum = 0.03
+    batches = [torch.rand(8, 3, 32, 32) * s for s in (0.5, 1.0, 2.0)]
+    reestimate_bn(tiny_model, batches)
+    assert bn.momentum == 0.03
+    assert bn.num_batches_tracked.item() == len(batches)
+    conv_out = [tiny_model.stem.conv(tiny_model.input_quant(tiny_model.normalize(x))) for x in batches]
+    expected = torch.stack([c.mean(dim=(0, 2, 3)) for c in conv_out]).mean(0)
+    assert torch.allclose(bn.running_mean, expected, atol=1e-5)
+    assert not tiny_model.training
