@@ -208,6 +208,15 @@ def test_qadtr_crafts_at_the_batch_bit_width_or_at_float_for_the_ablation(batche
     assert {k for k in before if not torch.equal(before[k], after[k])} == moved
 
 
+@pytest.mark.parametrize("bits, gir_lambda, gir_only", [([4], 0.5, [32]), ([32, 4], 0.5, []), ([4], 0.0, [])])
+def test_qadtr_names_the_widths_that_only_gir_trains(tmp_path, capsys, bits, gir_lambda, gir_only):
+    cfg = TrainConfig(**FAST, defense="qadtr", bits=bits, gir_lambda=gir_lambda, gir_samples=8, epochs=1)
+    record = train(cfg, tmp_path, quiet=True)
+    assert record["defense"]["gir_only_bits"] == gir_only
+    warned = [line for line in capsys.readouterr().err.splitlines() if "cross-entropy never trains" in line]
+    assert [int(line.split("never trains ")[1].split("-bit")[0]) for line in warned] == gir_only
+
+
 def _interrupt_after_first_epoch(monkeypatch):
     """Make a run die right after its first checkpoint is written (what SIGKILL mid-epoch 2 leaves)."""
     import qadtr.train as train_module

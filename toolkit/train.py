@@ -261,6 +261,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
 
     if note := bf16_warning(cfg.precision):
         print(note, file=sys.stderr)
+    for note in defense.warnings():
+        print(note, file=sys.stderr)
     model = memory_format(model, cfg.precision)
     fit_thresholds = WEIGHT_THRESHOLDS[cfg.weight_thresholds]
     for epoch in range(start_epoch, cfg.epochs):

@@ -53,6 +53,10 @@ class Defense:
         """Settings worth stating beside the metrics (e.g. DWQ's faithful/fast label)."""
         return {}
 
+    def warnings(self) -> list[str]:
+        """One-line warnings about the configuration, printed when training starts."""
+        return []
+
     def log(self, name: str, value: float) -> None:
         self._sums[name] += float(value)
         self._counts[name] += 1
