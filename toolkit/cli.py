@@ -55,6 +55,9 @@ def models_cmd(as_json):
 @click.option("--mixup", default=0.0, type=float,
               help="float, qat: train on mixup batches (Zhang et al. 2018) with this Beta alpha (e.g. 0.2 to 1); "
                    "with --teacher the teacher sees the same mixed images. 0: off.")
+@click.option("--sam-rho", default=0.0, type=float,
+              help="float, qat: sharpness-aware minimization (Foret et al. 2021) with this L2 radius (e.g. 0.05); "
+                   "each step costs two forward-backward passes. 0: off.")
 @click.option("--swa-epochs", default=0, type=int,
               help="Stochastic weight averaging (Izmailov et al. 2018): average the weights of the last N epochs, "
                    "trained at constant --swa-lr, and re-estimate BN; a finished run's checkpoint holds the "

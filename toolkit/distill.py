@@ -68,8 +68,14 @@ class Distillation:
         self.teachers = [teacher] if isinstance(teacher, nn.Module) else list(teacher)
         self.weight, self.temperature = float(weight), float(temperature)
 
-    def __call__(self, student_logits: torch.Tensor, x: torch.Tensor, hard_loss: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            teacher_logits = ensemble_logits([teacher(x) for teacher in self.teachers], self.temperature)
+    @torch.no_grad()
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The (ensemble) teacher's logits for ``x``; computed once per batch, reused by a SAM second pass."""
+        return ensemble_logits([teacher(x) for teacher in self.teachers], self.temperature)
+
+    def mix(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, hard_loss: torch.Tensor) -> torch.Tensor:
         soft = distillation_loss(student_logits, teacher_logits, self.temperature)
         return (1.0 - self.weight) * hard_loss + self.weight * soft
+
+    def __call__(self, student_logits: torch.Tensor, x: torch.Tensor, hard_loss: torch.Tensor) -> torch.Tensor:
+        return self.mix(student_logits, self.teacher_logits(x), hard_loss)

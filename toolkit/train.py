@@ -15,6 +15,7 @@ from .checkpoint import checkpoint_policy, load_checkpoint, load_matching_state,
 from .data.arrays import load_dataset
 from .data.loader import BatchLoader
 from .defenses import DEFENSES, DefenseParams, build_defense
+from .defenses.base import batch_stats_mode
 from .errors import QadtrError
 from .evaluate import accuracy_per_bits
 from .io import sha256_file, versions, write_json
@@ -22,6 +23,7 @@ from .layers import QuantPolicy
 from .models import create_model, list_models
 from .precision import PRECISIONS, autocast, bf16_warning, memory_format
 from .quant import FLOAT_BITS, project_weight_thresholds, refit_weight_thresholds, validate_bits
+from .sam import SharpnessAwareStep
 
 SCHEDULES = ("cosine", "onecycle")
 
@@ -54,6 +56,7 @@ class TrainConfig(DefenseParams):
     label_smoothing: float = 0.0
     cutout: int = 0  # side of a zeroed square per training image (DeVries & Taylor 2017); 0: off
     mixup: float = 0.0  # float and qat: Beta(alpha, alpha) of mixup (qadtr.defenses.plain.mixup); 0: off
+    sam_rho: float = 0.0  # float and qat: sharpness-aware minimization radius (qadtr.sam); 0: off
     swa_epochs: int = 0  # average the weights of the last N epochs, trained at constant swa_lr (qadtr.swa)
     swa_lr: float | None = None  # None: a tenth of the peak LR
     precision: str = "fp32"  # bf16: autocast and channels-last (qadtr.precision); weights stay fp32
@@ -95,7 +98,9 @@ class TrainConfig(DefenseParams):
             raise QadtrError(f"--cutout must be 0 (off) or a positive side in pixels, got {self.cutout}")
         if not self.mixup >= 0:
             raise QadtrError(f"--mixup must be 0 (off) or a positive Beta alpha, got {self.mixup!r}")
-        for flag, value in (("--mixup", self.mixup), ("--teacher", self.teacher)):
+        if not self.sam_rho >= 0:
+            raise QadtrError(f"--sam-rho must be 0 (off) or a positive radius, got {self.sam_rho!r}")
+        for flag, value in (("--mixup", self.mixup), ("--teacher", self.teacher), ("--sam-rho", self.sam_rho)):
             if value and self.defense not in ("float", "qat"):
                 raise QadtrError(f"{flag} works with --defense float or qat, not {self.defense}")
         if not 0.0 <= self.distill_weight <= 1.0:
@@ -265,6 +270,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
         print(note, file=sys.stderr)
     model = memory_format(model, cfg.precision)
     fit_thresholds = WEIGHT_THRESHOLDS[cfg.weight_thresholds]
+    sam = SharpnessAwareStep(model.parameters(), cfg.sam_rho) if cfg.sam_rho > 0 else None
     for epoch in range(start_epoch, cfg.epochs):
         loader.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 1000 + epoch)
@@ -284,6 +290,15 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
             visits[str(bits)] += 1
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if sam is not None:
+                sam.ascend()
+                # The second pass normalises by its own batch statistics but must not count as another
+                # batch in the running ones.
+                with autocast(cfg.precision), batch_stats_mode(model):
+                    second = defense.replay()
+                optimizer.zero_grad(set_to_none=True)
+                second.backward()
+                sam.descend()
             defense.before_optimizer_step(step)
             optimizer.step()
             fitted = fit_thresholds(model)

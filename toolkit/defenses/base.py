@@ -40,6 +40,10 @@ class Defense:
     def step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> StepOutput:
         raise NotImplementedError
 
+    def replay(self) -> torch.Tensor:
+        """The last ``step``'s loss recomputed at the current weights, for SAM; float and qat only."""
+        raise NotImplementedError(f"{type(self).__name__} has no SAM second pass")
+
     def before_optimizer_step(self, step: int) -> None:
         """Called between ``loss.backward()`` and ``optimizer.step()``."""
 

@@ -39,15 +39,27 @@ class PlainTraining(Defense):
     def step(self, x, y, step):
         bits = self.schedule.draw(step, self.generator)
         set_bits(self.model, bits)
+        perm, lam = None, 1.0
         if self.cfg.mixup > 0:
             # The teacher sees the same mixed images: distillation then matches the teacher's function
             # between training images as well as on them (Beyer et al. 2022, "function matching").
             x, perm, lam = mixup(x, self.cfg.mixup, self.generator)
             self.log("mixup_lambda", lam)
+        teacher_logits = self.distill.teacher_logits(x) if self.distill is not None else None
+        self._batch = (x, y, perm, lam, teacher_logits)
+        logits, loss = self._loss(*self._batch)
+        return StepOutput(loss, logits, bits)
+
+    def _loss(self, x, y, perm, lam, teacher_logits):
         logits = self.model(x)
         loss = self.criterion(logits, y)
-        if self.cfg.mixup > 0:
+        if perm is not None:
             loss = lam * loss + (1.0 - lam) * self.criterion(logits, y[perm])
-        if self.distill is not None:
-            loss = self.distill(logits, x, loss)
-        return StepOutput(loss, logits, bits)
+        if teacher_logits is not None:
+            loss = self.distill.mix(logits, teacher_logits, loss)
+        return logits, loss
+
+    def replay(self) -> torch.Tensor:
+        """The last batch's loss again at the model's current weights (SAM's second pass): same images,
+        mixup partners, bit-width and teacher logits."""
+        return self._loss(*self._batch)[1]
