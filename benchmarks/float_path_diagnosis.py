@@ -26,6 +26,7 @@ from qadtr.calibration import reestimate_bn
 from qadtr.checkpoint import load_checkpoint, model_from_checkpoint
 from qadtr.data.arrays import load_dataset
 from qadtr.data.loader import BatchLoader
+from qadtr.evaluate import accuracy
 from qadtr.io import sha256_file, versions, write_json, write_text
 from qadtr.quant import FLOAT_BITS, ActThreshold
 from qadtr.switchable import SwitchableBatchNorm2d, set_bits
@@ -54,15 +55,12 @@ def measure(model, loader, clip: dict[str, tuple[QuantReLU, float]], clamp: bool
             above[name][1] += value.numel()
             return value.clamp(max=t) if clamp else None
         hooks.append(module.register_forward_hook(hook))
-    correct = total = 0
     try:
-        for x, y in loader:
-            correct += int((model(x).argmax(1) == y).sum())
-            total += len(y)
+        clean_acc = accuracy(model, loader)
     finally:
         for h in hooks:
             h.remove()
-    return {"clean_acc": correct / total, "above_fraction": {k: a / max(1, n) for k, (a, n) in above.items()}}
+    return {"clean_acc": clean_acc, "above_fraction": {k: a / max(1, n) for k, (a, n) in above.items()}}
 
 
 @torch.no_grad()
@@ -94,24 +92,24 @@ def main():
     clip = relu_thresholds(model, args.ref_bits)
     test = load_dataset("cifar10", "test", args.data_dir, seed=args.seed).subset(args.n, args.seed)
     loader = BatchLoader(test, 250)
-    set_bits(model, 32)
+    set_bits(model, FLOAT_BITS)
     plain = measure(model, loader, clip, clamp=False)
     clamped = measure(model, loader, clip, clamp=True)
     original = {k: v.clone() for k, v in model.state_dict().items()}
     borrow_bn(model, args.ref_bits, statistics=True)
-    borrowed = measure(model, loader, {}, clamp=False)["clean_acc"]
+    borrowed = accuracy(model, loader)
     model.load_state_dict(original)
     borrow_bn(model, args.ref_bits, statistics=False)
     train = load_dataset("cifar10", "train", args.data_dir, seed=args.seed).subset(args.bn_images, args.seed + 1)
     reestimate_bn(model, [x for x, _ in BatchLoader(train, 250)])
-    borrowed_reestimated = measure(model, loader, {}, clamp=False)["clean_acc"]
+    borrowed_reestimated = accuracy(model, loader)
     model.load_state_dict(original)
     initial_affine = None
     if args.init is not None:
         start = load_checkpoint(args.init)["model"]
         float_affine = (f".bns.{FLOAT_BITS}.weight", f".bns.{FLOAT_BITS}.bias")
         model.load_state_dict({**original, **{k: v for k, v in start.items() if k.endswith(float_affine)}})
-        initial_affine = measure(model, loader, {}, clamp=False)["clean_acc"]
+        initial_affine = accuracy(model, loader)
     result = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
               "ref_bits": args.ref_bits, "bn_images": args.bn_images, "n": args.n, "seed": args.seed,
               "versions": versions(),
