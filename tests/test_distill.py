@@ -103,6 +103,20 @@ def test_float_training_distils_from_an_ensemble_and_records_every_teacher(tmp_p
     assert metrics["teacher_bits"] == [32, 32]
 
 
+def test_a_student_distils_from_a_teacher_of_another_architecture(tmp_path):
+    # The teacher is rebuilt from its own checkpoint's arch (resnet20 here), not the student's (tiny).
+    teacher_run = tmp_path / "resnet20"
+    train(TrainConfig(arch="resnet20", defense="float", dataset="synthetic", epochs=1, batch_size=64,
+                      train_subset=128, eval_subset=64, seed=7), teacher_run, quiet=True)
+    teacher, bits = load_teacher(teacher_run / "checkpoint.pt", num_classes=10)
+    assert type(teacher).__name__ == "CifarResNet" and len(teacher.layers) == 9 and bits == 32
+    train(TrainConfig(arch="tiny", defense="float", dataset="synthetic", epochs=1, batch_size=64, seed=1,
+                      teacher=str(teacher_run / "checkpoint.pt"), distill_weight=0.9), tmp_path / "kd", quiet=True)
+    metrics = json.loads((tmp_path / "kd" / "metrics.json").read_text())
+    assert metrics["config"]["arch"] == "tiny" and metrics["teacher_bits"] == [32]
+    assert load_checkpoint(tmp_path / "kd" / "checkpoint.pt")["config"]["arch"] == "tiny"
+
+
 def test_a_run_recorded_with_one_teacher_path_reads_back_as_a_list():
     # Checkpoints written before ensembles hold "teacher" as one string; resume compares configs.
     old = TrainConfig.from_dict({"arch": "tiny", "teacher": "/runs/float/checkpoint.pt"})
