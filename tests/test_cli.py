@@ -49,13 +49,14 @@ def _bad_inputs(tmp_path, ckpt):
                                         "--dataset", "synthetic", "--out", out),
         "missing teacher": ("train", "--arch", "tiny", "--teacher", tmp_path / "none.pt", "--dataset", "synthetic",
                             "--out", out),
+        "negative crop pad": ("train", "--arch", "tiny", "--crop-pad", "-1", "--dataset", "synthetic", "--out", out),
     }
 
 
 @pytest.mark.parametrize("case", [
     "unknown arch", "bits 9", "bits 1", "bits not in set", "bits garbage", "missing data folder",
     "empty data folder", "truncated checkpoint", "missing checkpoint", "checkpoint for another arch",
-    "calibrate bits 16", "teacher for a patch defense", "missing teacher"])
+    "calibrate bits 16", "teacher for a patch defense", "missing teacher", "negative crop pad"])
 def test_bad_input_is_one_line_and_exit_2(run_cli, tmp_path, tiny_ckpt, case):
     code, out, err = run_cli(*_bad_inputs(tmp_path, tiny_ckpt)[case])
     assert code == 2

@@ -92,6 +92,16 @@ def test_augment_crops_and_flips_within_padding():
     assert not torch.equal(out, x)
 
 
+def test_loader_with_crop_pad_zero_only_flips():
+    data = synthetic(64, seed=0)
+    x = next(iter(BatchLoader(data, 64)))[0]
+    out = next(iter(BatchLoader(data, 64, augment=True, seed=1, crop_pad=0)))[0]
+    same = torch.tensor([torch.equal(o, i) for o, i in zip(out, x)])
+    flipped = torch.tensor([torch.equal(o, i.flip(2)) for o, i in zip(out, x)])
+    assert (same | flipped).all()  # no shift: JPEG's 8x8 grid stays where it was
+    assert same.any() and flipped.any()
+
+
 def test_cutout_zeroes_one_square_per_image_clipped_at_the_border():
     x = torch.rand(200, 3, 32, 32) + 0.01  # no zeros before cutout
     out = cutout(x.clone(), torch.Generator().manual_seed(0), 16)

@@ -54,6 +54,7 @@ class TrainConfig(DefenseParams):
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
+    crop_pad: int = 4  # random crop after zero padding by this many pixels; 0: flips only (no translation)
     cutout: int = 0  # side of a zeroed square per training image (DeVries & Taylor 2017); 0: off
     mixup: float = 0.0  # float and qat: Beta(alpha, alpha) of mixup (qadtr.defenses.plain.mixup); 0: off
     sam_rho: float = 0.0  # float and qat: sharpness-aware minimization radius (qadtr.sam); 0: off
@@ -94,6 +95,8 @@ class TrainConfig(DefenseParams):
                              "for a switchable model)")
         elif self.defense == "qadtr" and self.gir_lambda > 0 and bits == [FLOAT_BITS]:
             raise QadtrError("GIR compares two bit-widths: give --bits a quantized width, or --gir-lambda 0")
+        if self.crop_pad < 0:
+            raise QadtrError(f"--crop-pad must be 0 (no crop) or a positive padding in pixels, got {self.crop_pad}")
         if self.cutout < 0:
             raise QadtrError(f"--cutout must be 0 (off) or a positive side in pixels, got {self.cutout}")
         if not self.mixup >= 0:
@@ -243,7 +246,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
         defense.load_state_dict(payload.get("defense_state", {}))
 
     loader = BatchLoader(train_data, cfg.batch_size, shuffle=True, augment=True, seed=cfg.seed, drop_last=True,
-                         cutout=cfg.cutout)
+                         cutout=cfg.cutout, crop_pad=cfg.crop_pad)
     test_loader = BatchLoader(test_data, 256)
     steps = len(loader)
     if steps == 0:
@@ -256,7 +259,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
         if payload is not None and "swa" in payload:
             swa.load_state_dict(payload["swa"])
         swa_bn_batches = bn_batches(BatchLoader(train_data, cfg.batch_size, shuffle=True, augment=True,
-                                                seed=cfg.seed + 1, cutout=cfg.cutout), cfg.batch_size)
+                                                seed=cfg.seed + 1, cutout=cfg.cutout, crop_pad=cfg.crop_pad),
+                                    cfg.batch_size)
     record = {"config": asdict(cfg), "num_classes": num_classes, "classes": list(train_data.classes),
               "versions": versions(), "inputs": inputs, "seed": cfg.seed, "policy": model.policy.as_dict()}
     if defense.describe():

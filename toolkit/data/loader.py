@@ -13,7 +13,7 @@ def to_tensor(x_uint8: np.ndarray) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop after zero padding by ``pad``, and random horizontal flip (He et al. 2016)."""
+    """Random crop after zero padding by ``pad`` (0: none), and random horizontal flip (He et al. 2016)."""
     n, c, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
@@ -48,10 +48,11 @@ class BatchLoader:
     """
 
     def __init__(self, data: ArrayDataset, batch_size: int = 128, shuffle: bool = False,
-                 augment: bool = False, seed: int = 0, drop_last: bool = False, cutout: int = 0):
+                 augment: bool = False, seed: int = 0, drop_last: bool = False, cutout: int = 0, crop_pad: int = 4):
         self.data, self.batch_size = data, batch_size
         self.shuffle, self.augment, self.seed, self.drop_last = shuffle, augment, seed, drop_last
         self.cutout = cutout  # side of the cutout square with augment (0: none)
+        self.crop_pad = crop_pad  # zero padding of the random crop with augment (0: flips only)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -69,7 +70,7 @@ class BatchLoader:
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = to_tensor(self.data.x[idx])
             if self.augment:
-                x = augment(x, g)
+                x = augment(x, g, self.crop_pad)
                 if self.cutout:
                     x = cutout(x, g, self.cutout)
             yield x, torch.from_numpy(self.data.y[idx])
