@@ -153,11 +153,12 @@ def main() -> None:
             np.savez(folder / f"cifar10_{split}.npz", x=recompress(d["x"], q), y=d["y"])
     record = {"rows": rows, "n": len(x), "seed": args.seed, "versions": versions(),
               "inputs": {str(test_path): sha256_file(test_path)}}
-    lines = ["| images | best IJG quality | agreement (readable luma steps) | readable Cb steps | chroma |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = ["| images | best IJG quality | agreement (readable luma steps) | readable Cb steps | chroma | "
+             "PSNR vs shared |", "| --- | --- | --- | --- | --- | --- |"]
     for name, r in rows.items():
+        psnr = f"{r['psnr_vs_shared_db']:.1f} dB" if "psnr_vs_shared_db" in r else "-"
         lines.append(f"| {name} | {r['quality']} | {r['agreement']:.0%} of {r['readable_frequencies']} | "
-                     f"{r['chroma_readable_steps']} | {r['chroma']} |")
+                     f"{r['chroma_readable_steps']} | {r['chroma']} | {psnr} |")
     lines += ["", "Luma steps read from the shared data (0: zeroed by the encoder, unreadable):", "```"]
     lines += [" ".join(f"{v:3d}" for v in row) for row in rows["shared data"]["luma_steps"]] + ["```"]
     args.out.mkdir(parents=True, exist_ok=True)
