@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -24,6 +25,19 @@ def cifar10_dir():
             pytest.fail("CI needs the real CIFAR-10 at ../shared/data/cifar10 or $QADTR_DATA_DIR")
         pytest.skip("real CIFAR-10 not available")
     return path
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """Import a script from benchmarks/ (a folder of scripts, not a package): ``load_benchmark("seed_spread")``."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture

@@ -1,20 +1,14 @@
 """benchmarks/jpeg_quality.py: reads a JPEG encoder's quality and chroma subsampling back from decoded pixels."""
-import importlib.util
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("jpeg_quality", REPO / "benchmarks" / "jpeg_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def bench(load_benchmark):
+    return load_benchmark("jpeg_quality")
 
 
 def _textured_images(n: int = 300, seed: int = 0) -> np.ndarray:
@@ -41,32 +35,30 @@ def _encode(x: np.ndarray, quality: int, subsampling: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("quality", [35, 60, 85])
-def test_recovers_quality(quality):
-    bench = _bench()
+def test_recovers_quality(quality, bench):
     found = bench.analyse(_encode(_textured_images(), quality, subsampling=2))
     assert found["quality"] == quality
     assert found["agreement"] >= 0.8
 
 
-def test_ijg_table_matches_pillow_at_75():
+def test_ijg_table_matches_pillow_at_75(bench):
     # Pillow writes libjpeg's scaled tables; read its luma table back from an encoded file
     buf = io.BytesIO()
     Image.fromarray(_textured_images(1)[0]).save(buf, format="JPEG", quality=75)
     written = np.array(Image.open(buf).quantization[0]).reshape(8, 8)
     zigzag_free = np.sort(written.ravel())  # Pillow may report the table in zig-zag order
-    assert (np.sort(_bench().ijg_luma_table(75).ravel()) == zigzag_free).all()
+    assert (np.sort(bench.ijg_luma_table(75).ravel()) == zigzag_free).all()
 
 
 @pytest.mark.parametrize("quality", [35, 85])
-def test_tells_subsampled_chroma_from_full(quality):
-    bench = _bench()
+def test_tells_subsampled_chroma_from_full(quality, bench):
     x = _textured_images()
     assert bench.analyse(_encode(x, quality, subsampling=2))["chroma_readable_steps"] == 0
     assert bench.analyse(_encode(x, quality, subsampling=0))["chroma_readable_steps"] >= 8
 
 
-def test_recompress_keeps_shape_and_dtype():
+def test_recompress_keeps_shape_and_dtype(bench):
     x = _textured_images(4)
-    y = _bench().recompress(x, 50, subsampling=0)
+    y = bench.recompress(x, 50, subsampling=0)
     assert y.shape == x.shape and y.dtype == np.uint8
     assert not np.array_equal(x, y)

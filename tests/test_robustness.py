@@ -1,5 +1,4 @@
 """The robustness protocol (`qadtr robustness`, qadtr.attacks.protocol) on the tiny model with synthetic data."""
-import importlib.util
 import itertools
 import json
 from pathlib import Path
@@ -156,11 +155,8 @@ def test_cli_robustness_bad_input_is_one_line_and_exit_2(run_cli, tmp_path, tiny
     assert not (tmp_path / "out").exists()
 
 
-def test_patch_attack_benchmark_runs_on_the_shared_protocol_code(tmp_path, tiny_ckpt, capsys):
-    spec = importlib.util.spec_from_file_location("patch_attacks_cifar10",
-                                                  REPO / "benchmarks" / "patch_attacks_cifar10.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_patch_attack_benchmark_runs_on_the_shared_protocol_code(tmp_path, tiny_ckpt, load_benchmark, capsys):
+    bench = load_benchmark("patch_attacks_cifar10")
     out = tmp_path / "bench"
     argv = [str(tiny_ckpt[1]), "--out", str(out), "--steps", "2", "--batch-size", "32", "--n", "40", "--n-align", "10",
             "--dataset", "synthetic"]

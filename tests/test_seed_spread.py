@@ -1,18 +1,13 @@
 """benchmarks/seed_spread.py: mean, spread and range of the defense table over seeds."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("seed_spread", REPO / "benchmarks" / "seed_spread.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def bench(load_benchmark):
+    return load_benchmark("seed_spread")
 
 
 def _run(folder: Path, seed: int, clean2: float, unseen2: float | None) -> Path:
@@ -26,8 +21,7 @@ def _run(folder: Path, seed: int, clean2: float, unseen2: float | None) -> Path:
     return folder
 
 
-def test_spread_states_mean_std_and_range_per_cell_over_the_seeds_that_have_it(tmp_path):
-    bench = _bench()
+def test_spread_states_mean_std_and_range_per_cell_over_the_seeds_that_have_it(tmp_path, bench):
     runs = [_run(tmp_path / "s0", 0, 0.70, 0.30), _run(tmp_path / "s1", 1, 0.72, 0.20),
             _run(tmp_path / "s2", 2, 0.74, None)]
     bench.main([*map(str, runs), "--out", str(tmp_path / "out")])
@@ -42,8 +36,7 @@ def test_spread_states_mean_std_and_range_per_cell_over_the_seeds_that_have_it(t
     assert "72.0 ± 2.0 (70.0..74.0)" in md
 
 
-def test_a_repeated_seed_or_a_missing_run_is_refused(tmp_path):
-    bench = _bench()
+def test_a_repeated_seed_or_a_missing_run_is_refused(tmp_path, bench):
     a, b = _run(tmp_path / "a", 0, 0.7, 0.3), _run(tmp_path / "b", 0, 0.7, 0.3)
     with pytest.raises(SystemExit, match="repeat a seed"):
         bench.main([str(a), str(b), "--out", str(tmp_path / "out")])
