@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from qadtr.data.arrays import load_dataset, synthetic
-from qadtr.data.loader import BatchLoader, augment, cutout
+from qadtr.data.loader import BatchLoader, augment, cutout, trivial_augment
 from qadtr.errors import DataError
 
 
@@ -121,3 +121,30 @@ def test_loader_applies_cutout_only_when_asked():
     plain = next(iter(BatchLoader(data, 64, augment=True, seed=1)))[0]
     cut = next(iter(BatchLoader(data, 64, augment=True, seed=1, cutout=8)))[0]
     assert torch.equal(plain[cut != 0], cut[cut != 0]) and (cut == 0).sum() > (plain == 0).sum()
+
+
+def test_trivial_augment_is_seeded_per_image_and_leaves_the_global_rng_alone():
+    x = torch.from_numpy(synthetic(64, seed=0).x).permute(0, 3, 1, 2).contiguous()
+    state = torch.get_rng_state()
+    out = trivial_augment(x, torch.Generator().manual_seed(5))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    assert torch.equal(out, trivial_augment(x, torch.Generator().manual_seed(5)))
+    assert not torch.equal(out, trivial_augment(x, torch.Generator().manual_seed(6)))
+    changed = (out != x).flatten(1).float().mean(1)
+    # One op per image, drawn per image: some images stay (identity, or a zero strength), the rest change by
+    # different amounts, unlike one op for the whole batch.
+    assert (changed == 0).any() and (changed > 0).sum() >= 32
+    assert len(set(changed.tolist())) >= 16
+
+
+def test_loader_trivial_augment_only_with_augment_and_reproducible():
+    data = synthetic(64, seed=0)
+    plain = next(iter(BatchLoader(data, 64, augment=True, seed=1)))[0]
+    strong = next(iter(BatchLoader(data, 64, augment=True, seed=1, trivial_augment=True)))[0]
+    again = next(iter(BatchLoader(data, 64, augment=True, seed=1, trivial_augment=True)))[0]
+    assert torch.equal(strong, again) and not torch.equal(strong, plain)
+    assert strong.dtype == torch.float32 and strong.min() >= 0 and strong.max() <= 1
+    # Evaluation loaders never augment, whatever the flag says.
+    assert torch.equal(next(iter(BatchLoader(data, 64, trivial_augment=True)))[0],
+                      next(iter(BatchLoader(data, 64)))[0])

@@ -53,6 +53,9 @@ def models_cmd(as_json):
 @click.option("--crop-pad", default=4, type=int,
               help="Random crop after zero padding by this many pixels; 0: flips only. Flips and no shift keep "
                    "JPEG's 8x8 block grid where the test images have it (results 1p).")
+@click.option("--trivial-augment/--no-trivial-augment", default=False, show_default=True,
+              help="TrivialAugment Wide (Müller & Hutter 2021): one random colour or geometric op at a random "
+                   "strength per training image, before the crop and flip.")
 @click.option("--cutout", default=0, type=int, help="Zero a random square of this side in each training image "
                                                    "(DeVries & Taylor 2017; 16 on CIFAR-10); 0: off.")
 @click.option("--mixup", default=0.0, type=float,

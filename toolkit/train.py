@@ -55,6 +55,7 @@ class TrainConfig(DefenseParams):
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     crop_pad: int = 4  # random crop after zero padding by this many pixels; 0: flips only (no translation)
+    trivial_augment: bool = False  # TrivialAugment Wide per training image before crop and flip (qadtr.data.loader)
     cutout: int = 0  # side of a zeroed square per training image (DeVries & Taylor 2017); 0: off
     mixup: float = 0.0  # float and qat: Beta(alpha, alpha) of mixup (qadtr.defenses.plain.mixup); 0: off
     sam_rho: float = 0.0  # float and qat: sharpness-aware minimization radius (qadtr.sam); 0: off
@@ -246,7 +247,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
         defense.load_state_dict(payload.get("defense_state", {}))
 
     loader = BatchLoader(train_data, cfg.batch_size, shuffle=True, augment=True, seed=cfg.seed, drop_last=True,
-                         cutout=cfg.cutout, crop_pad=cfg.crop_pad)
+                         cutout=cfg.cutout, crop_pad=cfg.crop_pad, trivial_augment=cfg.trivial_augment)
     test_loader = BatchLoader(test_data, 256)
     steps = len(loader)
     if steps == 0:
@@ -259,7 +260,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
         if payload is not None and "swa" in payload:
             swa.load_state_dict(payload["swa"])
         swa_bn_batches = bn_batches(BatchLoader(train_data, cfg.batch_size, shuffle=True, augment=True,
-                                                seed=cfg.seed + 1, cutout=cfg.cutout, crop_pad=cfg.crop_pad),
+                                                seed=cfg.seed + 1, cutout=cfg.cutout, crop_pad=cfg.crop_pad,
+                                                trivial_augment=cfg.trivial_augment),
                                     cfg.batch_size)
     record = {"config": asdict(cfg), "num_classes": num_classes, "classes": list(train_data.classes),
               "versions": versions(), "inputs": inputs, "seed": cfg.seed, "policy": model.policy.as_dict()}

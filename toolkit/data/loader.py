@@ -41,6 +41,23 @@ def cutout(x: torch.Tensor, generator: torch.Generator, size: int) -> torch.Tens
     return x.masked_fill_(mask[:, None], 0.0)
 
 
+def trivial_augment(x_uint8: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """TrivialAugment Wide on uint8 NCHW: one op at one strength, both drawn uniformly, per image.
+
+    Müller & Hutter 2021, "TrivialAugment: Tuning-free Yet State-of-the-Art Data Augmentation",
+    https://arxiv.org/abs/2103.10158 (torchvision's ``TrivialAugmentWide``; geometric ops fill with black).
+    torchvision draws from the global RNG, so the ops run under a forked RNG seeded from ``generator``:
+    the batch depends only on ``generator``, and the caller's global RNG stream is left as it was.
+    """
+    from torchvision.transforms import v2  # the train extra; imported here so the loader needs it only on use
+
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    op = v2.TrivialAugmentWide()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.stack([op(image) for image in x_uint8])  # per image: a batched call shares one op
+
+
 class BatchLoader:
     """Iterate ``(images, labels)`` batches; the order depends only on ``seed`` and the epoch.
 
@@ -48,11 +65,13 @@ class BatchLoader:
     """
 
     def __init__(self, data: ArrayDataset, batch_size: int = 128, shuffle: bool = False,
-                 augment: bool = False, seed: int = 0, drop_last: bool = False, cutout: int = 0, crop_pad: int = 4):
+                 augment: bool = False, seed: int = 0, drop_last: bool = False, cutout: int = 0, crop_pad: int = 4,
+                 trivial_augment: bool = False):
         self.data, self.batch_size = data, batch_size
         self.shuffle, self.augment, self.seed, self.drop_last = shuffle, augment, seed, drop_last
         self.cutout = cutout  # side of the cutout square with augment (0: none)
         self.crop_pad = crop_pad  # zero padding of the random crop with augment (0: flips only)
+        self.trivial_augment = trivial_augment  # with augment: TrivialAugment Wide before crop and flip
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -68,7 +87,10 @@ class BatchLoader:
         order = torch.randperm(n, generator=g).numpy() if self.shuffle else np.arange(n)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = to_tensor(self.data.x[idx])
+            if self.augment and self.trivial_augment:
+                x = trivial_augment(torch.from_numpy(self.data.x[idx]).permute(0, 3, 1, 2), g).float().div_(255.0)
+            else:
+                x = to_tensor(self.data.x[idx])
             if self.augment:
                 x = augment(x, g, self.crop_pad)
                 if self.cutout:
