@@ -62,3 +62,22 @@ def tiny_model():
 
     torch.manual_seed(0)
     return qadtr.create_model("tiny", bits=(2, 4, 8, 32))
+
+
+@pytest.fixture
+def train_cut_after_first_epoch(monkeypatch):
+    """``cut(cfg, out)``: run ``qadtr.train.train`` and die right after epoch 1's checkpoint is written."""
+    import qadtr.train as train_module
+    from qadtr.checkpoint import load_checkpoint
+
+    def crash(*args, **kwargs):  # metrics.json is written after the checkpoint, so failing here loses nothing saved
+        raise RuntimeError("killed")
+
+    def cut(cfg, out):
+        with monkeypatch.context() as patch:
+            patch.setattr(train_module, "write_json", crash)
+            with pytest.raises(RuntimeError, match="killed"):
+                train_module.train(cfg, out, quiet=True)
+        assert load_checkpoint(Path(out) / "checkpoint.pt")["epoch"] == 1
+
+    return cut

@@ -43,21 +43,12 @@ def test_mixup_training_feeds_mixed_images_and_logs_lambda(tmp_path):
     assert plain["epochs"][0]["train_loss"] != epoch["train_loss"]
 
 
-def test_mixup_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+def test_mixup_run_resumes_to_the_uninterrupted_result(tmp_path, train_cut_after_first_epoch):
     cfg = TrainConfig(arch="tiny", defense="qat", bits=[4], dataset="synthetic", epochs=2, batch_size=64, mixup=1.0,
                       seed=2)
     whole = train(cfg, tmp_path / "whole", quiet=True)
 
-    import qadtr.train as train_module
-
-    def crash(*args, **kwargs):  # dies right after the first epoch's checkpoint is written
-        raise RuntimeError("killed")
-
-    monkeypatch.setattr(train_module, "write_json", crash)
-    with pytest.raises(RuntimeError, match="killed"):
-        train(cfg, tmp_path / "cut", quiet=True)
-    monkeypatch.undo()
-    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
+    train_cut_after_first_epoch(cfg, tmp_path / "cut")
     resumed = train(cfg, tmp_path / "cut", resume=True, quiet=True)
     assert resumed["epochs"][-1]["train_loss"] == pytest.approx(whole["epochs"][-1]["train_loss"], rel=1e-6)
     assert resumed["epochs"][-1]["defense_stats"] == whole["epochs"][-1]["defense_stats"]
