@@ -246,8 +246,9 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
         optimizer.load_state_dict(payload["optimizer"])
         defense.load_state_dict(payload.get("defense_state", {}))
 
-    loader = BatchLoader(train_data, cfg.batch_size, shuffle=True, augment=True, seed=cfg.seed, drop_last=True,
-                         cutout=cfg.cutout, crop_pad=cfg.crop_pad, trivial_augment=cfg.trivial_augment)
+    augmentation = {"augment": True, "cutout": cfg.cutout, "crop_pad": cfg.crop_pad,
+                    "trivial_augment": cfg.trivial_augment}
+    loader = BatchLoader(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True, **augmentation)
     test_loader = BatchLoader(test_data, 256)
     steps = len(loader)
     if steps == 0:
@@ -259,10 +260,9 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False) 
         swa = WeightAverage()
         if payload is not None and "swa" in payload:
             swa.load_state_dict(payload["swa"])
-        swa_bn_batches = bn_batches(BatchLoader(train_data, cfg.batch_size, shuffle=True, augment=True,
-                                                seed=cfg.seed + 1, cutout=cfg.cutout, crop_pad=cfg.crop_pad,
-                                                trivial_augment=cfg.trivial_augment),
-                                    cfg.batch_size)
+        # BN statistics from the training augmentation: the weights were fitted to them (results 1l).
+        swa_bn_batches = bn_batches(BatchLoader(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed + 1,
+                                                **augmentation), cfg.batch_size)
     record = {"config": asdict(cfg), "num_classes": num_classes, "classes": list(train_data.classes),
               "versions": versions(), "inputs": inputs, "seed": cfg.seed, "policy": model.policy.as_dict()}
     if defense.describe():

@@ -7,9 +7,12 @@ import torch
 from .arrays import ArrayDataset
 
 
-def to_tensor(x_uint8: np.ndarray) -> torch.Tensor:
-    """uint8 NHWC -> float32 NCHW in [0, 1]."""
-    return torch.from_numpy(x_uint8).permute(0, 3, 1, 2).float().div_(255.0)
+def to_tensor(x_uint8: np.ndarray, uint8_op=None) -> torch.Tensor:
+    """uint8 NHWC -> float32 NCHW in [0, 1]; ``uint8_op`` first maps the uint8 NCHW tensor (integer-pixel ops)."""
+    x = torch.from_numpy(x_uint8).permute(0, 3, 1, 2)
+    if uint8_op is not None:
+        x = uint8_op(x)
+    return x.float().div_(255.0)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -87,10 +90,9 @@ class BatchLoader:
         order = torch.randperm(n, generator=g).numpy() if self.shuffle else np.arange(n)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            if self.augment and self.trivial_augment:
-                x = trivial_augment(torch.from_numpy(self.data.x[idx]).permute(0, 3, 1, 2), g).float().div_(255.0)
-            else:
-                x = to_tensor(self.data.x[idx])
+            # TrivialAugment runs on uint8: posterize, solarize and equalize are defined on integer pixels.
+            strong = (lambda images: trivial_augment(images, g)) if self.augment and self.trivial_augment else None
+            x = to_tensor(self.data.x[idx], strong)
             if self.augment:
                 x = augment(x, g, self.crop_pad)
                 if self.cutout:
